@@ -1,0 +1,64 @@
+// Package bus carries commands from the API of any node to the node that
+// holds a device's live session, and broadcasts cluster-wide notices
+// (sessions taken over, devices deleted, certificates revoked, live telemetry).
+//
+// Two sibling implementations exist: bus/inproc for one process (the
+// embedded default and most tests) and bus/nats for several nodes.
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+)
+
+// ErrNoSession is returned by Request when no node holds a live session for
+// the device: the device is offline.
+var ErrNoSession = errors.New("device has no live session")
+
+// ErrTimeout is returned by Request when the device did not answer in time.
+var ErrTimeout = errors.New("device did not answer in time")
+
+// Command kinds understood by the gateway.
+const (
+	CommandRPC        = "rpc"        // Payload: {"method":..,"params":..}; Reply: the device's JSON answer
+	CommandAttributes = "attributes" // Payload: shared attribute update {"k":v} or {"deleted":[..]}; Reply: null once sent
+	CommandDisconnect = "disconnect" // Payload: {"reason":".."}; Reply: null once closed
+)
+
+// Command is addressed to one device.
+type Command struct {
+	Kind      string          `json:"kind"`
+	Payload   json.RawMessage `json:"payload,omitempty"`
+	TimeoutMs int64           `json:"timeoutMs,omitempty"`
+}
+
+// Handler runs a command on the node that holds the device's session and
+// returns the device's reply.
+type Handler func(ctx context.Context, cmd Command) (json.RawMessage, error)
+
+// Well-known broadcast topics.
+const (
+	TopicSessions    = "sessions"    // a node opened a session: {"device":..,"node":..,"addr":..,"session":..}
+	TopicRevocations = "revocations" // a serial was revoked: store.Revocation
+	TopicDevices     = "devices"     // a device changed: {"device":..,"op":"deleted"}
+	TopicTelemetry   = "telemetry"   // live telemetry for consoles: {"device":..,"ts":..,"values":{..}}
+)
+
+// Bus is the messaging fabric shared by all nodes of a deployment.
+type Bus interface {
+	// Serve makes this node the handler of commands for device until the
+	// returned stop function is called. A later Serve for the same device
+	// (on any node) replaces it.
+	Serve(device string, h Handler) (stop func(), err error)
+	// Request delivers cmd to the device's handler and waits for its reply,
+	// at most until ctx is done. It returns ErrNoSession when no node serves
+	// the device.
+	Request(ctx context.Context, device string, cmd Command) (json.RawMessage, error)
+	// Publish broadcasts data on topic to every subscriber on every node.
+	Publish(ctx context.Context, topic string, data []byte) error
+	// Subscribe calls fn for each message published on topic until the
+	// returned stop function is called. fn must not block for long.
+	Subscribe(topic string, fn func(data []byte)) (stop func(), err error)
+	Close() error
+}

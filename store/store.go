@@ -1,0 +1,242 @@
+// Package store is the vocabulary of thingline's persistent state: devices,
+// their credentials, attributes, telemetry, events, revocations and the
+// registry of units the factory produced.
+//
+// Store is implemented by sibling packages: store/sqlite (the embedded
+// default, one file in the data directory) and store/postgres (shared by
+// several nodes). Both pass the same conformance suite in store/storetest.
+//
+// Values are kept as JSON text (json.RawMessage) exactly as the gateway typed
+// them, so that a number stays a number, a string a string and a boolean a
+// boolean on the way back out.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// Errors returned by every implementation. Callers test them with errors.Is.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+	ErrClosed   = errors.New("store closed")
+)
+
+// Store is the whole persistent state of a thingline deployment.
+type Store interface {
+	Devices
+	Credentials
+	Attributes
+	Telemetry
+	Events
+	Revocations
+	Units
+	// Close flushes pending writes and releases the store.
+	Close() error
+}
+
+// Device is one device record. Its Name is the identity the device proves
+// with its certificate (the CN, through the profile's regular expression).
+type Device struct {
+	ID            int64            `json:"id"`
+	Name          string           `json:"name"`
+	Profile       string           `json:"profile"`
+	CreatedAt     time.Time        `json:"createdAt"`
+	FirstSeenAddr string           `json:"firstSeenAddr,omitempty"`
+	LastSeenAt    time.Time        `json:"lastSeenAt,omitzero"`
+	LastSeenAddr  string           `json:"lastSeenAddr,omitempty"`
+	Online        bool             `json:"online"`
+	Node          string           `json:"node,omitempty"`     // node holding the live session, if online
+	Produced      *bool            `json:"produced,omitempty"` // nil when the factory registry is empty
+	Counters      map[string]int64 `json:"counters,omitempty"` // e.g. rejected messages per reason
+}
+
+// ListOptions pages through a listing ordered by name.
+type ListOptions struct {
+	After string // return names strictly after this one
+	Limit int    // 0 means the implementation's default (100)
+}
+
+// Devices stores device records.
+type Devices interface {
+	// EnsureDevice is the auto-provisioning step, atomic with respect to
+	// concurrent connections presenting the same name: it creates d when no
+	// device has d.Name (created=true), and records c as a credential of the
+	// device when its fingerprint is new (rotated=true for an existing
+	// device whose previous credential differs). It returns the stored device.
+	EnsureDevice(ctx context.Context, d Device, c Credential) (dev Device, created, rotated bool, err error)
+	GetDevice(ctx context.Context, name string) (Device, error)
+	GetDeviceByID(ctx context.Context, id int64) (Device, error)
+	ListDevices(ctx context.Context, opt ListOptions) ([]Device, error)
+	// DeleteDevice removes the device with its credentials, attributes and
+	// telemetry. Events are kept: they are the audit trail.
+	DeleteDevice(ctx context.Context, name string) error
+	// SetOnline records a session start (online=true, with the peer address)
+	// or end on node.
+	SetOnline(ctx context.Context, id int64, node string, online bool, addr string, at time.Time) error
+	// ResetNode marks every device whose session was held by node offline;
+	// a node calls it when it starts, since its previous sessions are gone.
+	ResetNode(ctx context.Context, node string) error
+	// AddCounter adds delta to the named per-device counter.
+	AddCounter(ctx context.Context, id int64, name string, delta int64) error
+}
+
+// Credential is one certificate a device has presented.
+type Credential struct {
+	DeviceID     int64     `json:"deviceId"`
+	Serial       string    `json:"serial"` // certificate serial, lower-case hex
+	Issuer       string    `json:"issuer"`
+	Subject      string    `json:"subject"`
+	NotBefore    time.Time `json:"notBefore"`
+	NotAfter     time.Time `json:"notAfter"`
+	SHA256       string    `json:"sha256"`       // fingerprint of the DER, lower-case hex
+	CredentialID string    `json:"credentialId"` // ThingsBoard's: SHA3-256 hex of the PEM body
+	PEM          string    `json:"pem,omitempty"`
+	FirstSeen    time.Time `json:"firstSeen"`
+	LastSeen     time.Time `json:"lastSeen"`
+}
+
+// Credentials stores the certificate history of devices.
+type Credentials interface {
+	// ListCredentials returns a device's credentials, newest first.
+	ListCredentials(ctx context.Context, deviceID int64) ([]Credential, error)
+}
+
+// Scope is an attribute scope, as in ThingsBoard.
+type Scope string
+
+const (
+	ClientScope Scope = "client" // reported by the device
+	SharedScope Scope = "shared" // set by the server, pushed to the device
+	ServerScope Scope = "server" // private to the server
+)
+
+// Attribute is one attribute value with the time it was last set.
+type Attribute struct {
+	Value     json.RawMessage `json:"value"`
+	UpdatedAt int64           `json:"lastUpdateTs"` // ms since the epoch
+}
+
+// Attributes stores client, shared and server attributes.
+type Attributes interface {
+	SetAttributes(ctx context.Context, deviceID int64, scope Scope, kv map[string]json.RawMessage, at time.Time) error
+	// GetAttributes returns the named keys (all keys when keys is empty);
+	// missing keys are absent from the map.
+	GetAttributes(ctx context.Context, deviceID int64, scope Scope, keys []string) (map[string]Attribute, error)
+	DeleteAttributes(ctx context.Context, deviceID int64, scope Scope, keys []string) error
+}
+
+// KV is one telemetry key and its JSON value.
+type KV struct {
+	Key   string
+	Value json.RawMessage
+}
+
+// Record is one timestamped set of telemetry values of one device.
+type Record struct {
+	DeviceID int64
+	TS       int64 // ms since the epoch
+	Values   []KV
+}
+
+// Point is one value of one key at one time.
+type Point struct {
+	TS    int64           `json:"ts"`
+	Value json.RawMessage `json:"value"`
+}
+
+// TelemetryQuery selects points of one device.
+type TelemetryQuery struct {
+	DeviceID int64
+	Keys     []string // empty means every key
+	From, To int64    // inclusive bounds, ms since the epoch
+	Limit    int      // per key; 0 means the implementation's default (100)
+	Asc      bool     // oldest first; the default is newest first, so Limit keeps the latest
+}
+
+// Telemetry stores time series.
+type Telemetry interface {
+	// AppendTelemetry returns only once recs are durably stored: a crash of
+	// the process (or of the machine) after it returns loses none of them.
+	// Implementations group concurrent calls into one commit.
+	AppendTelemetry(ctx context.Context, recs []Record) error
+	// LatestTelemetry returns the newest point of each key (all keys when
+	// keys is empty).
+	LatestTelemetry(ctx context.Context, deviceID int64, keys []string) (map[string]Point, error)
+	QueryTelemetry(ctx context.Context, q TelemetryQuery) (map[string][]Point, error)
+}
+
+// Event kinds.
+const (
+	EventConnect     = "connect"
+	EventDisconnect  = "disconnect"
+	EventRefused     = "refused"     // authentication or authorization refusal; Reason says why
+	EventProvisioned = "provisioned" // device created on its first connection
+	EventRotation    = "rotation"    // known device presented a new valid certificate
+	EventTakeover    = "takeover"    // a newer session replaced an older one
+	EventCloned      = "possible-cloned-identity"
+	EventBadInput    = "bad-input" // a message refused for its content
+	EventUnknownUnit = "unknown-serial" // chains to the device CA, never produced
+)
+
+// Event is one entry of the audit trail.
+type Event struct {
+	ID     int64           `json:"id"`
+	Time   time.Time       `json:"time"`
+	Device string          `json:"device,omitempty"` // empty when no name could be derived
+	Kind   string          `json:"kind"`
+	Reason string          `json:"reason,omitempty"`
+	Addr   string          `json:"addr,omitempty"`
+	Node   string          `json:"node,omitempty"`
+	Detail json.RawMessage `json:"detail,omitempty"`
+}
+
+// EventQuery selects events, newest first.
+type EventQuery struct {
+	Device string // empty means every device
+	Kind   string // empty means every kind
+	Before int64  // return IDs strictly below this one; 0 means from the newest
+	Limit  int    // 0 means the implementation's default (100)
+}
+
+// Events stores the audit trail.
+type Events interface {
+	AddEvent(ctx context.Context, e Event) error
+	ListEvents(ctx context.Context, q EventQuery) ([]Event, error)
+}
+
+// Revocation is one revoked certificate serial.
+type Revocation struct {
+	Serial    string    `json:"serial"` // lower-case hex, no leading zeros
+	Reason    string    `json:"reason"`
+	RevokedAt time.Time `json:"revokedAt"`
+}
+
+// Revocations stores the deny-list of certificate serials.
+type Revocations interface {
+	Revoke(ctx context.Context, r Revocation) error
+	ListRevocations(ctx context.Context) ([]Revocation, error)
+}
+
+// Unit is one unit the factory produced, as sent by `thingline factory push`.
+type Unit struct {
+	SN          string    `json:"sn"`
+	Serial      string    `json:"certSerial"` // certificate serial, lower-case hex
+	SHA256      string    `json:"sha256"`
+	NotAfter    time.Time `json:"notAfter"`
+	Batch       string    `json:"batch,omitempty"`
+	ProducedAt  time.Time `json:"producedAt"`
+	TestPassed  *bool     `json:"testPassed,omitempty"`
+}
+
+// Units is the registry of produced serial numbers.
+type Units interface {
+	// AddUnits inserts or updates units by SN.
+	AddUnits(ctx context.Context, units []Unit) error
+	GetUnit(ctx context.Context, sn string) (Unit, error)
+	// CountUnits tells whether the registry is in use at all.
+	CountUnits(ctx context.Context) (int64, error)
+}
