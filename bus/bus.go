@@ -16,6 +16,9 @@ import (
 // the device: the device is offline.
 var ErrNoSession = errors.New("device has no live session")
 
+// ErrClosed is returned by every method of a closed bus.
+var ErrClosed = errors.New("bus closed")
+
 // ErrTimeout is returned by Request when the device did not answer in time.
 var ErrTimeout = errors.New("device did not answer in time")
 
@@ -49,7 +52,9 @@ const (
 type Bus interface {
 	// Serve makes this node the handler of commands for device until the
 	// returned stop function is called. A later Serve for the same device
-	// (on any node) replaces it.
+	// (on any node) replaces it: the replaced handler is then called once
+	// with a CommandDisconnect whose payload is {"reason":"session taken
+	// over"}, so that the older session closes wherever it lives.
 	Serve(device string, h Handler) (stop func(), err error)
 	// Request delivers cmd to the device's handler and waits for its reply,
 	// at most until ctx is done. It returns ErrNoSession when no node serves
