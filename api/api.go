@@ -1,0 +1,180 @@
+// Package api is thingline's REST API: devices, telemetry, attributes, RPC,
+// events and the factory's unit registry, as JSON over HTTP with bearer
+// tokens.
+//
+// The API reads from the store and sends commands through the bus, so any
+// node's API reaches a device connected to any other node.
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/thingline/thingline/bus"
+	"github.com/thingline/thingline/store"
+)
+
+// Config configures the API.
+type Config struct {
+	Store store.Store
+	Bus   bus.Bus
+	// AdminTokenHash is the SHA-256 of the admin token. Only the hash is
+	// kept, so that a memory dump or a log line never shows the token.
+	AdminTokenHash [32]byte
+	Node           string
+	Logger         *slog.Logger
+	Gatherer       prometheus.Gatherer // for /metrics; nil means the default registry
+	// Health reports whether the node is ready; nil means always.
+	Health func(ctx context.Context) error
+}
+
+// HashToken returns the value to put in Config.AdminTokenHash.
+func HashToken(token string) [32]byte { return sha256.Sum256([]byte(token)) }
+
+// Server serves the API.
+type Server struct {
+	cfg    Config
+	mux    *http.ServeMux
+	routes []route
+}
+
+// route is one entry of the API's route table; openapi.json documents each
+// of them (a test keeps the two in step).
+type route struct {
+	Method, Pattern string
+	Public          bool // no token needed
+	h               func(w http.ResponseWriter, r *http.Request) error
+}
+
+//go:embed openapi.json
+var openapiJSON []byte
+
+// New returns the API's HTTP handler.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Gatherer == nil {
+		cfg.Gatherer = prometheus.DefaultGatherer
+	}
+	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	metrics := promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})
+	s.routes = []route{
+		{Method: "GET", Pattern: "/healthz", Public: true, h: s.healthz},
+		{Method: "GET", Pattern: "/metrics", Public: true, h: func(w http.ResponseWriter, r *http.Request) error {
+			metrics.ServeHTTP(w, r)
+			return nil
+		}},
+		{Method: "GET", Pattern: "/api/v1/openapi.json", Public: true, h: func(w http.ResponseWriter, r *http.Request) error {
+			w.Header().Set("Content-Type", "application/json")
+			_, err := w.Write(openapiJSON)
+			return err
+		}},
+		{Method: "GET", Pattern: "/api/v1/devices", h: s.listDevices},
+		{Method: "GET", Pattern: "/api/v1/devices/{name}", h: s.getDevice},
+		{Method: "DELETE", Pattern: "/api/v1/devices/{name}", h: s.deleteDevice},
+		{Method: "GET", Pattern: "/api/v1/devices/{name}/credentials", h: s.listCredentials},
+		{Method: "GET", Pattern: "/api/v1/devices/{name}/telemetry/latest", h: s.latestTelemetry},
+		{Method: "GET", Pattern: "/api/v1/devices/{name}/telemetry", h: s.queryTelemetry},
+		{Method: "GET", Pattern: "/api/v1/devices/{name}/attributes", h: s.getAttributes},
+		{Method: "POST", Pattern: "/api/v1/devices/{name}/attributes", h: s.postAttributes},
+		{Method: "POST", Pattern: "/api/v1/devices/{name}/rpc", h: s.rpc},
+		{Method: "GET", Pattern: "/api/v1/events", h: s.listEvents},
+		{Method: "GET", Pattern: "/api/v1/revocations", h: s.listRevocations},
+		{Method: "POST", Pattern: "/api/v1/revocations", h: s.revoke},
+		{Method: "POST", Pattern: "/api/v1/factory/units", h: s.addUnits},
+	}
+	for _, rt := range s.routes {
+		s.mux.Handle(rt.Method+" "+rt.Pattern, s.wrap(rt))
+	}
+	// Anything else under /api/ answers in JSON, not with the mux's text.
+	s.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such route: "+r.Method+" "+r.URL.Path)
+	})
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// httpError is an error with the status it should be answered with.
+type httpError struct {
+	status int
+	msg    string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func errorf(status int, format string, args ...any) error {
+	return &httpError{status: status, msg: fmt.Sprintf(format, args...)}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+func (s *Server) wrap(rt route) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !rt.Public && !s.authorized(r) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="thingline"`)
+			writeError(w, http.StatusUnauthorized, "missing or invalid bearer token")
+			return
+		}
+		err := rt.h(w, r)
+		if err == nil {
+			return
+		}
+		var he *httpError
+		switch {
+		case errors.As(err, &he):
+			writeError(w, he.status, he.msg)
+		case errors.Is(err, store.ErrNotFound):
+			writeError(w, http.StatusNotFound, err.Error())
+		default:
+			s.cfg.Logger.Error("api: request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			writeError(w, http.StatusInternalServerError, "internal error")
+		}
+	})
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	h := r.Header.Get("Authorization")
+	tok, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok || tok == "" {
+		return false
+	}
+	sum := sha256.Sum256([]byte(tok))
+	return subtle.ConstantTimeCompare(sum[:], s.cfg.AdminTokenHash[:]) == 1
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.Health != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.cfg.Health(ctx); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unhealthy", "error": err.Error()})
+			return nil
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "node": s.cfg.Node})
+	return nil
+}

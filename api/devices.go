@@ -1,0 +1,502 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/thingline/thingline/bus"
+	"github.com/thingline/thingline/store"
+)
+
+const (
+	defaultLimit = 100
+	maxLimit     = 10000
+)
+
+func queryInt(r *http.Request, name string, def, lo, hi int64) (int64, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < lo || n > hi {
+		return 0, errorf(http.StatusBadRequest, "%s must be an integer between %d and %d", name, lo, hi)
+	}
+	return n, nil
+}
+
+func splitKeys(v string) []string {
+	var keys []string
+	for _, k := range strings.Split(v, ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// device looks up the device named in the path.
+func (s *Server) device(r *http.Request) (store.Device, error) {
+	name := r.PathValue("name")
+	d, err := s.cfg.Store.GetDevice(r.Context(), name)
+	if errors.Is(err, store.ErrNotFound) {
+		return d, errorf(http.StatusNotFound, "device %q not found", name)
+	}
+	return d, err
+}
+
+// withProduced fills in whether the factory produced the device's serial,
+// once the factory registry is in use.
+func (s *Server) withProduced(ctx context.Context, ds []store.Device) error {
+	n, err := s.cfg.Store.CountUnits(ctx)
+	if err != nil || n == 0 {
+		return err
+	}
+	for i := range ds {
+		_, err := s.cfg.Store.GetUnit(ctx, ds[i].Name)
+		switch {
+		case err == nil:
+			t := true
+			ds[i].Produced = &t
+		case errors.Is(err, store.ErrNotFound):
+			f := false
+			ds[i].Produced = &f
+		default:
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
+	limit, err := queryInt(r, "limit", defaultLimit, 1, 1000)
+	if err != nil {
+		return err
+	}
+	after := r.URL.Query().Get("after")
+	ds, err := s.cfg.Store.ListDevices(r.Context(), store.ListOptions{After: after, Limit: int(limit)})
+	if err != nil {
+		return err
+	}
+	if err := s.withProduced(r.Context(), ds); err != nil {
+		return err
+	}
+	resp := struct {
+		Devices []store.Device `json:"devices"`
+		Next    string         `json:"next,omitempty"`
+	}{Devices: ds}
+	if resp.Devices == nil {
+		resp.Devices = []store.Device{}
+	}
+	if len(ds) == int(limit) {
+		resp.Next = ds[len(ds)-1].Name
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.device(r)
+	if err != nil {
+		return err
+	}
+	ds := []store.Device{d}
+	if err := s.withProduced(r.Context(), ds); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, ds[0])
+	return nil
+}
+
+func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.device(r)
+	if err != nil {
+		return err
+	}
+	if err := s.cfg.Store.DeleteDevice(r.Context(), d.Name); err != nil {
+		return err
+	}
+	// A deleted device must not keep streaming into a record that no
+	// longer exists: close its session wherever it is.
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	_, err = s.cfg.Bus.Request(ctx, d.Name, bus.Command{Kind: bus.CommandDisconnect, Payload: json.RawMessage(`{"reason":"device deleted"}`)})
+	if err != nil && !errors.Is(err, bus.ErrNoSession) {
+		s.cfg.Logger.Warn("api: disconnecting deleted device", "device", d.Name, "err", err)
+	}
+	note, _ := json.Marshal(map[string]string{"device": d.Name, "op": "deleted"})
+	s.cfg.Bus.Publish(r.Context(), bus.TopicDevices, note)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) listCredentials(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.device(r)
+	if err != nil {
+		return err
+	}
+	cs, err := s.cfg.Store.ListCredentials(r.Context(), d.ID)
+	if err != nil {
+		return err
+	}
+	if cs == nil {
+		cs = []store.Credential{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"credentials": cs})
+	return nil
+}
+
+func (s *Server) latestTelemetry(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.device(r)
+	if err != nil {
+		return err
+	}
+	pts, err := s.cfg.Store.LatestTelemetry(r.Context(), d.ID, splitKeys(r.URL.Query().Get("keys")))
+	if err != nil {
+		return err
+	}
+	if pts == nil {
+		pts = map[string]store.Point{}
+	}
+	writeJSON(w, http.StatusOK, pts)
+	return nil
+}
+
+func (s *Server) queryTelemetry(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.device(r)
+	if err != nil {
+		return err
+	}
+	const maxTS = 1<<63 - 1
+	from, err := queryInt(r, "from", 0, 0, maxTS)
+	if err != nil {
+		return err
+	}
+	to, err := queryInt(r, "to", maxTS, 0, maxTS)
+	if err != nil {
+		return err
+	}
+	if from > to {
+		return errorf(http.StatusBadRequest, "from (%d) is after to (%d)", from, to)
+	}
+	limit, err := queryInt(r, "limit", defaultLimit, 1, maxLimit)
+	if err != nil {
+		return err
+	}
+	var asc bool
+	switch o := r.URL.Query().Get("order"); o {
+	case "", "desc":
+	case "asc":
+		asc = true
+	default:
+		return errorf(http.StatusBadRequest, "order must be asc or desc, not %q", o)
+	}
+	res, err := s.cfg.Store.QueryTelemetry(r.Context(), store.TelemetryQuery{
+		DeviceID: d.ID, Keys: splitKeys(r.URL.Query().Get("keys")),
+		From: from, To: to, Limit: int(limit), Asc: asc,
+	})
+	if err != nil {
+		return err
+	}
+	if res == nil {
+		res = map[string][]store.Point{}
+	}
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+func parseScope(v string, def store.Scope) (store.Scope, error) {
+	switch sc := store.Scope(v); sc {
+	case "":
+		return def, nil
+	case store.ClientScope, store.SharedScope, store.ServerScope:
+		return sc, nil
+	}
+	return "", errorf(http.StatusBadRequest, "scope must be client, shared or server, not %q", v)
+}
+
+func (s *Server) getAttributes(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.device(r)
+	if err != nil {
+		return err
+	}
+	keys := splitKeys(r.URL.Query().Get("keys"))
+	scopes := []store.Scope{store.ClientScope, store.SharedScope, store.ServerScope}
+	if v := r.URL.Query().Get("scope"); v != "" {
+		sc, err := parseScope(v, "")
+		if err != nil {
+			return err
+		}
+		scopes = []store.Scope{sc}
+	}
+	out := map[store.Scope]map[string]store.Attribute{}
+	for _, sc := range scopes {
+		m, err := s.cfg.Store.GetAttributes(r.Context(), d.ID, sc, keys)
+		if err != nil {
+			return err
+		}
+		if m == nil {
+			m = map[string]store.Attribute{}
+		}
+		out[sc] = m
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// maxBody bounds request bodies: the API never needs more.
+const maxBody = 1 << 20
+
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	dec := json.NewDecoder(r.Body)
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		return errorf(http.StatusBadRequest, "malformed JSON body: %v", err)
+	}
+	return nil
+}
+
+// postAttributes sets attributes of one scope (shared by default) from a
+// flat JSON object. Shared attributes are pushed to the device at once
+// when it is online, as ThingsBoard does.
+func (s *Server) postAttributes(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.device(r)
+	if err != nil {
+		return err
+	}
+	scope, err := parseScope(r.URL.Query().Get("scope"), store.SharedScope)
+	if err != nil {
+		return err
+	}
+	if scope == store.ClientScope {
+		return errorf(http.StatusBadRequest, "client attributes are reported by the device, not set through the API")
+	}
+	var kv map[string]json.RawMessage
+	if err := decodeBody(w, r, &kv); err != nil {
+		return err
+	}
+	if len(kv) == 0 {
+		return errorf(http.StatusBadRequest, "body must be a non-empty JSON object of attributes")
+	}
+	for k, v := range kv {
+		if k == "" {
+			return errorf(http.StatusBadRequest, "attribute names must not be empty")
+		}
+		if string(v) == "null" {
+			return errorf(http.StatusBadRequest, "attribute %q: null is not a value", k)
+		}
+	}
+	if err := s.cfg.Store.SetAttributes(r.Context(), d.ID, scope, kv, time.Now()); err != nil {
+		return err
+	}
+	pushed := false
+	if scope == store.SharedScope {
+		payload, _ := json.Marshal(kv)
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		_, err := s.cfg.Bus.Request(ctx, d.Name, bus.Command{Kind: bus.CommandAttributes, Payload: payload, TimeoutMs: 5000})
+		switch {
+		case err == nil:
+			pushed = true
+		case errors.Is(err, bus.ErrNoSession):
+			// Stored; the device reads them with an attribute request
+			// when it comes back.
+		default:
+			s.cfg.Logger.Warn("api: pushing shared attributes", "device", d.Name, "err", err)
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"scope": scope, "updated": len(kv), "pushed": pushed})
+	return nil
+}
+
+type rpcRequest struct {
+	Method     string          `json:"method"`
+	Params     json.RawMessage `json:"params,omitempty"`
+	TimeoutMs  int64           `json:"timeoutMs,omitempty"`
+	Persistent bool            `json:"persistent,omitempty"`
+}
+
+const (
+	defaultRPCTimeout = 10 * time.Second
+	maxRPCTimeout     = 5 * time.Minute
+)
+
+func (s *Server) rpc(w http.ResponseWriter, r *http.Request) error {
+	var req rpcRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		return err
+	}
+	if req.Method == "" {
+		return errorf(http.StatusBadRequest, "method is required")
+	}
+	if req.Persistent {
+		return errorf(http.StatusNotImplemented, "persistent RPC is not available yet")
+	}
+	timeout := defaultRPCTimeout
+	if req.TimeoutMs != 0 {
+		if req.TimeoutMs < 0 || time.Duration(req.TimeoutMs)*time.Millisecond > maxRPCTimeout {
+			return errorf(http.StatusBadRequest, "timeoutMs must be between 1 and %d", maxRPCTimeout.Milliseconds())
+		}
+		timeout = time.Duration(req.TimeoutMs) * time.Millisecond
+	}
+	d, err := s.device(r)
+	if err != nil {
+		return err
+	}
+	params := req.Params
+	if len(params) == 0 {
+		params = json.RawMessage(`{}`)
+	}
+	payload, err := json.Marshal(map[string]json.RawMessage{"method": mustJSON(req.Method), "params": params})
+	if err != nil {
+		return errorf(http.StatusBadRequest, "params: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	reply, err := s.cfg.Bus.Request(ctx, d.Name, bus.Command{Kind: bus.CommandRPC, Payload: payload, TimeoutMs: timeout.Milliseconds()})
+	switch {
+	case errors.Is(err, bus.ErrNoSession):
+		return errorf(http.StatusConflict, "device %q is offline", d.Name)
+	case errors.Is(err, bus.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		return errorf(http.StatusGatewayTimeout, "device %q did not answer within %v", d.Name, timeout)
+	case err != nil:
+		return errorf(http.StatusBadGateway, "rpc to %q failed: %v", d.Name, err)
+	}
+	if len(reply) == 0 {
+		reply = json.RawMessage("null")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.Write(reply)
+	return nil
+}
+
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("api: marshalling %T: %v", v, err))
+	}
+	return b
+}
+
+func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
+	limit, err := queryInt(r, "limit", defaultLimit, 1, 1000)
+	if err != nil {
+		return err
+	}
+	before, err := queryInt(r, "before", 0, 0, 1<<63-1)
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	evs, err := s.cfg.Store.ListEvents(r.Context(), store.EventQuery{
+		Device: q.Get("device"), Kind: q.Get("kind"), Before: before, Limit: int(limit),
+	})
+	if err != nil {
+		return err
+	}
+	resp := struct {
+		Events []store.Event `json:"events"`
+		Next   int64         `json:"next,omitempty"`
+	}{Events: evs}
+	if resp.Events == nil {
+		resp.Events = []store.Event{}
+	}
+	if len(evs) == int(limit) {
+		resp.Next = evs[len(evs)-1].ID
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+func (s *Server) listRevocations(w http.ResponseWriter, r *http.Request) error {
+	rs, err := s.cfg.Store.ListRevocations(r.Context())
+	if err != nil {
+		return err
+	}
+	if rs == nil {
+		rs = []store.Revocation{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"revocations": rs})
+	return nil
+}
+
+// normalizeSerial accepts a serial as hex with or without colons and
+// leading zeros, the forms openssl and browsers print.
+func normalizeSerial(s string) (string, bool) {
+	s = strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(strings.TrimSpace(s), "0x"), ":", ""))
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return "", false
+		}
+	}
+	s = strings.TrimLeft(s, "0")
+	if s == "" {
+		return "0", true
+	}
+	return s, true
+}
+
+func (s *Server) revoke(w http.ResponseWriter, r *http.Request) error {
+	var req store.Revocation
+	if err := decodeBody(w, r, &req); err != nil {
+		return err
+	}
+	serial, ok := normalizeSerial(req.Serial)
+	if !ok || req.Serial == "" {
+		return errorf(http.StatusBadRequest, "serial must be a hexadecimal certificate serial number")
+	}
+	req.Serial = serial
+	if req.Reason == "" {
+		req.Reason = "unspecified"
+	}
+	req.RevokedAt = time.Now().UTC()
+	if err := s.cfg.Store.Revoke(r.Context(), req); err != nil {
+		return err
+	}
+	note, _ := json.Marshal(req)
+	if err := s.cfg.Bus.Publish(r.Context(), bus.TopicRevocations, note); err != nil {
+		s.cfg.Logger.Warn("api: announcing revocation", "err", err)
+	}
+	writeJSON(w, http.StatusCreated, req)
+	return nil
+}
+
+func (s *Server) addUnits(w http.ResponseWriter, r *http.Request) error {
+	var req struct {
+		Units []store.Unit `json:"units"`
+	}
+	if err := decodeBody(w, r, &req); err != nil {
+		return err
+	}
+	if len(req.Units) == 0 {
+		return errorf(http.StatusBadRequest, "units must be a non-empty array")
+	}
+	if len(req.Units) > 10000 {
+		return errorf(http.StatusRequestEntityTooLarge, "at most 10000 units per request")
+	}
+	for i, u := range req.Units {
+		if u.SN == "" {
+			return errorf(http.StatusBadRequest, "units[%d]: sn is required", i)
+		}
+		if u.Serial != "" {
+			sn, ok := normalizeSerial(u.Serial)
+			if !ok {
+				return errorf(http.StatusBadRequest, "units[%d]: certSerial must be hexadecimal", i)
+			}
+			req.Units[i].Serial = sn
+		}
+	}
+	if err := s.cfg.Store.AddUnits(r.Context(), req.Units); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"accepted": len(req.Units)})
+	return nil
+}

@@ -1,0 +1,471 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/thingline/thingline/loadgen"
+	"github.com/thingline/thingline/pki"
+)
+
+func init() { register(newBenchCmd) }
+
+type benchOptions struct {
+	devices     int
+	duration    time.Duration
+	window      int
+	concurrency int
+	idle        int
+	mosquitto   string
+	work        string
+	jsonOut     bool
+}
+
+// benchResult is one server's figures.
+type benchResult struct {
+	Server          string  `json:"server"`
+	HandshakesPerS  float64 `json:"handshakesPerSecond"`
+	HandshakeFailed int     `json:"handshakesFailed"`
+	MsgsPerS        float64 `json:"ackedMessagesPerSecond"`
+	Acked           int64   `json:"acked"`
+	P50Ms           float64 `json:"p50AckMs"`
+	P99Ms           float64 `json:"p99AckMs"`
+	IdleConns       int     `json:"idleConnections"`
+	KBPerConn       float64 `json:"kbPerIdleConnection"`
+	Lost            int64   `json:"lost"` // -1: not checkable (the server stores nothing)
+}
+
+func newBenchCmd() *cobra.Command {
+	var o benchOptions
+	c := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure the gateway beside Mosquitto: handshakes/s, durable QoS 1 messages/s, latency, memory per connection, losses",
+		Long: `bench starts a thingline server (this binary's serve, fresh data directory,
+embedded defaults) and, when installed, Mosquitto 2 with require_certificate,
+and drives each in turn with the same load: N devices, each with its own
+P-256 certificate from the server's device CA.
+
+Phases per server: N full mTLS handshakes (+ CONNECT/CONNACK); QoS 1
+telemetry from every device for --duration with --window messages in flight
+per device; then --idle idle connections to measure server memory per
+connection (resident set growth / connections). For thingline every
+acknowledged message is then looked up through the REST API: lost counts
+the acknowledged ones not found.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return runBench(cmd.Context(), cmd.OutOrStdout(), o) },
+	}
+	f := c.Flags()
+	f.IntVar(&o.devices, "devices", 1000, "devices in the handshake and publish phases")
+	f.DurationVar(&o.duration, "duration", 10*time.Second, "length of the publish phase")
+	f.IntVar(&o.window, "window", 4, "QoS 1 messages in flight per device")
+	f.IntVar(&o.concurrency, "concurrency", 32, "handshakes in progress at once")
+	f.IntVar(&o.idle, "idle", 15000, "idle connections for the memory phase (0 skips it)")
+	f.StringVar(&o.mosquitto, "mosquitto", "auto", "auto (if installed), off, or the path of the mosquitto binary")
+	f.StringVar(&o.work, "work", "", "working directory (default: a temporary one, removed afterwards)")
+	f.BoolVar(&o.jsonOut, "json", false, "print the results as JSON")
+	return c
+}
+
+func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
+	work := o.work
+	if work == "" {
+		d, err := os.MkdirTemp("", "thingline-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		work = d
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var tokRaw [16]byte
+	rand.Read(tokRaw[:])
+	token := hex.EncodeToString(tokRaw[:])
+
+	logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...) }
+
+	tl, err := startBenchServer(ctx, self, filepath.Join(work, "thingline"), token)
+	if err != nil {
+		return err
+	}
+	defer tl.stop()
+	pkiDir := filepath.Join(work, "thingline", "pki")
+	ca, err := pki.LoadCA(pkiDir)
+	if err != nil {
+		return err
+	}
+	rootPEM, err := os.ReadFile(filepath.Join(pkiDir, "root-ca.crt"))
+	if err != nil {
+		return err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(rootPEM)
+
+	n := max(o.devices, o.idle)
+	logf("issuing %d P-256 device certificates", n)
+	runID := hex.EncodeToString(tokRaw[:3])
+	devs, err := issueBenchDevices(ca, roots, n, "BENCH-"+runID+"-")
+	if err != nil {
+		return err
+	}
+
+	var results []benchResult
+	r, err := benchOne(ctx, "thingline", tl.mqttAddr, tl.pid(), devs, o, logf, func(conns []int, acked []int64, base int64) int64 {
+		return countLost(tl.httpAddr, token, devs, conns, acked, base, logf)
+	})
+	if err != nil {
+		return err
+	}
+	results = append(results, r)
+	tl.stop()
+
+	mosqBin := ""
+	switch o.mosquitto {
+	case "off":
+	case "auto":
+		mosqBin, _ = exec.LookPath("mosquitto")
+	default:
+		mosqBin = o.mosquitto
+	}
+	if mosqBin != "" {
+		m, err := startMosquitto(ctx, mosqBin, filepath.Join(work, "mosquitto"), pkiDir)
+		if err != nil {
+			return err
+		}
+		r, err := benchOne(ctx, "mosquitto", m.addr, m.cmd.Process.Pid, devs, o, logf, nil)
+		m.stop()
+		if err != nil {
+			return err
+		}
+		results = append(results, r)
+	} else {
+		logf("mosquitto not run (%s)", o.mosquitto)
+	}
+
+	if o.jsonOut {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(results)
+	}
+	printBench(out, o, results)
+	return nil
+}
+
+func issueBenchDevices(ca *pki.CA, roots *x509.CertPool, n int, prefix string) ([]loadgen.Device, error) {
+	devs := make([]loadgen.Device, n)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	work := make(chan int)
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				name := fmt.Sprintf("%s%06d", prefix, i)
+				key, err := pki.GenerateKey(pki.KeyEC)
+				if err == nil {
+					var cert *x509.Certificate
+					cert, err = ca.IssueDevice(key.Public(), name, 24*time.Hour)
+					if err == nil {
+						devs[i] = loadgen.Device{Name: name, TLS: &tls.Config{
+							RootCAs:    roots,
+							ServerName: "127.0.0.1",
+							Certificates: []tls.Certificate{{
+								Certificate: [][]byte{cert.Raw},
+								PrivateKey:  key,
+								Leaf:        cert,
+							}},
+							ClientSessionCache: nil, // every handshake in full
+						}}
+					}
+				}
+				if err != nil {
+					mu.Lock()
+					firstErr = err
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	return devs, firstErr
+}
+
+func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.Device, o benchOptions,
+	logf func(string, ...any), lost func(conns []int, acked []int64, base int64) int64) (benchResult, error) {
+	r := benchResult{Server: name, Lost: -1}
+	logf("%s: %d handshakes, %d at a time", name, o.devices, o.concurrency)
+	conns, idx, hs := loadgen.Connect(ctx, addr, devs[:o.devices], o.concurrency)
+	r.HandshakesPerS, r.HandshakeFailed = hs.PerSecond(), hs.Failed
+	if hs.Connected == 0 {
+		return r, fmt.Errorf("%s: no device could connect: %v", name, hs.FirstErr)
+	}
+	if hs.FirstErr != nil {
+		logf("%s: %d handshakes failed, first: %v", name, hs.Failed, hs.FirstErr)
+	}
+	logf("%s: %.0f handshakes/s; publishing QoS 1 for %v", name, r.HandshakesPerS, o.duration)
+	base := time.Now().Add(-24 * time.Hour).UnixMilli()
+	pr := loadgen.Publish(ctx, conns, "v1/devices/me/telemetry", base, o.duration, o.window)
+	r.MsgsPerS, r.Acked = pr.PerSecond(), pr.Acked
+	r.P50Ms, r.P99Ms = float64(pr.P50.Microseconds())/1000, float64(pr.P99.Microseconds())/1000
+	logf("%s: %s", name, pr)
+	loadgen.CloseAll(conns)
+	if lost != nil {
+		r.Lost = lost(idx, pr.AckedPerConn, base)
+	}
+	if o.idle > 0 {
+		time.Sleep(2 * time.Second) // let the server settle after the load
+		before, err := rssKB(pid)
+		if err != nil {
+			return r, err
+		}
+		logf("%s: opening %d idle connections (server RSS %d KB)", name, o.idle, before)
+		idleConns, _, ih := loadgen.Connect(ctx, addr, devs[:o.idle], o.concurrency)
+		time.Sleep(3 * time.Second)
+		after, err := rssKB(pid)
+		if err != nil {
+			return r, err
+		}
+		r.IdleConns = ih.Connected
+		if ih.Connected > 0 {
+			r.KBPerConn = float64(after-before) / float64(ih.Connected)
+		}
+		logf("%s: %d idle connections, RSS %d KB → %.1f KB per connection", name, ih.Connected, after, r.KBPerConn)
+		for _, c := range idleConns {
+			c.Abort()
+		}
+	}
+	return r, nil
+}
+
+func rssKB(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("reading server memory: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		}
+	}
+	return 0, errors.New("no VmRSS in /proc status")
+}
+
+// countLost looks every acknowledged message up through the API.
+func countLost(httpAddr, token string, devs []loadgen.Device, idx []int, acked []int64, base int64, logf func(string, ...any)) int64 {
+	var lost int64
+	client := &http.Client{Timeout: 30 * time.Second}
+	for k, i := range idx {
+		n := acked[k]
+		found := int64(0)
+		for from := int64(0); from < n; from += 10000 {
+			to := min(from+10000, n) - 1
+			u := fmt.Sprintf("http://%s/api/v1/devices/%s/telemetry?keys=seq&from=%d&to=%d&limit=10000&order=asc",
+				httpAddr, devs[i].Name, base+from, base+to)
+			req, _ := http.NewRequest("GET", u, nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := client.Do(req)
+			if err != nil {
+				logf("lost check: %v", err)
+				return -1
+			}
+			var res map[string][]json.RawMessage
+			err = json.NewDecoder(resp.Body).Decode(&res)
+			resp.Body.Close()
+			if err != nil {
+				logf("lost check: %s: %v", devs[i].Name, err)
+				return -1
+			}
+			found += int64(len(res["seq"]))
+		}
+		if found < n {
+			lost += n - found
+		}
+	}
+	return lost
+}
+
+type benchServer struct {
+	cmd                *exec.Cmd
+	mqttAddr, httpAddr string
+	done               chan struct{}
+	once               sync.Once
+}
+
+func (s *benchServer) pid() int { return s.cmd.Process.Pid }
+
+func (s *benchServer) stop() {
+	s.once.Do(func() {
+		s.cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-s.done:
+		case <-time.After(20 * time.Second):
+			s.cmd.Process.Kill()
+			<-s.done
+		}
+	})
+}
+
+var benchAddrLine = regexp.MustCompile(`devices connect to mqtts://(\S+), API at http://(\S+)`)
+
+func startBenchServer(ctx context.Context, self, data, token string) (*benchServer, error) {
+	cmd := exec.Command(self, "serve", "--data", data, "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--admin-token", token)
+	pr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	s := &benchServer{cmd: cmd, done: make(chan struct{})}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			if m := benchAddrLine.FindStringSubmatch(sc.Text()); m != nil && s.mqttAddr == "" {
+				s.mqttAddr, s.httpAddr = m[1], m[2]
+				close(ready)
+			}
+		}
+	}()
+	go func() { cmd.Wait(); close(s.done) }()
+	select {
+	case <-ready:
+		return s, nil
+	case <-s.done:
+		return nil, errors.New("bench: thingline serve exited at start")
+	case <-time.After(30 * time.Second):
+		s.stop()
+		return nil, errors.New("bench: thingline serve did not start")
+	}
+}
+
+type mosqServer struct {
+	cmd  *exec.Cmd
+	addr string
+}
+
+func (m *mosqServer) stop() {
+	m.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { m.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		m.cmd.Process.Kill()
+	}
+}
+
+// startMosquitto runs Mosquitto with the same server certificate and
+// device trust as thingline: require_certificate, the device CA and root
+// as cafile, nothing persisted.
+func startMosquitto(ctx context.Context, bin, dir, pkiDir string) (*mosqServer, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	root, _ := os.ReadFile(filepath.Join(pkiDir, "root-ca.crt"))
+	devCA, _ := os.ReadFile(filepath.Join(pkiDir, "device-ca.crt"))
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, append(root, devCA...), 0o600); err != nil {
+		return nil, err
+	}
+	conf := fmt.Sprintf(`per_listener_settings false
+allow_anonymous true
+persistence false
+log_dest stderr
+log_type error
+listener %d 127.0.0.1
+cafile %s
+certfile %s
+keyfile %s
+require_certificate true
+use_identity_as_username true
+`, port, caFile, filepath.Join(pkiDir, "server.crt"), filepath.Join(pkiDir, "server.key"))
+	confFile := filepath.Join(dir, "mosquitto.conf")
+	if err := os.WriteFile(confFile, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	// Go lowers a child's open-file limit back to the soft default; the
+	// shell raises it again so that Mosquitto can hold the idle phase.
+	cmd := exec.Command("sh", "-c", `ulimit -n "$(ulimit -Hn)"; exec "$0" -c "$1"`, bin, confFile)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("bench: starting mosquitto: %w", err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	for i := 0; i < 100; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return &mosqServer{cmd: cmd, addr: addr}, nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cmd.Process.Kill()
+	return nil, errors.New("bench: mosquitto did not listen")
+}
+
+func printBench(out io.Writer, o benchOptions, rs []benchResult) {
+	fmt.Fprintf(out, "devices %d, publish %v with %d in flight per device, %d idle connections\n\n", o.devices, o.duration, o.window, o.idle)
+	fmt.Fprintf(out, "| metric | %s |", rs[0].Server)
+	for _, r := range rs[1:] {
+		fmt.Fprintf(out, " %s | ratio |", r.Server)
+	}
+	fmt.Fprintln(out)
+	fmt.Fprint(out, "|---|---|")
+	for range rs[1:] {
+		fmt.Fprint(out, "---|---|")
+	}
+	fmt.Fprintln(out)
+	row := func(label string, v func(benchResult) float64, format string, higherBetter bool) {
+		fmt.Fprintf(out, "| %s | "+format+" |", label, v(rs[0]))
+		for _, r := range rs[1:] {
+			ratio := v(rs[0]) / v(r)
+			if !higherBetter {
+				ratio = v(r) / v(rs[0])
+			}
+			fmt.Fprintf(out, " "+format+" | %.2f× |", v(r), ratio)
+		}
+		fmt.Fprintln(out)
+	}
+	row("mTLS handshakes/s (P-256)", func(r benchResult) float64 { return r.HandshakesPerS }, "%.0f", true)
+	row("acknowledged QoS 1 messages/s", func(r benchResult) float64 { return r.MsgsPerS }, "%.0f", true)
+	row("p50 acknowledgement latency (ms)", func(r benchResult) float64 { return r.P50Ms }, "%.2f", false)
+	row("p99 acknowledgement latency (ms)", func(r benchResult) float64 { return r.P99Ms }, "%.2f", false)
+	if o.idle > 0 {
+		row(fmt.Sprintf("KB per idle connection (%d)", o.idle), func(r benchResult) float64 { return r.KBPerConn }, "%.1f", false)
+	}
+	fmt.Fprintf(out, "\nlost acknowledged messages (thingline, checked through the API): %d of %d\n", rs[0].Lost, rs[0].Acked)
+}

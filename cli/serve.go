@@ -1,0 +1,75 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/thingline/thingline/gateway"
+	"github.com/thingline/thingline/node"
+)
+
+func init() { register(newServeCmd) }
+
+func newServeCmd() *cobra.Command {
+	var cfg node.Config
+	var cnRegex string
+	var noCreate, disconnectOnBadInput bool
+	var maxPayload int
+	c := &cobra.Command{
+		Use:   "serve",
+		Short: "Run a cloud node: the TLS device gateway, the REST API and storage",
+		Long: `Run a cloud node: the mTLS MQTT device gateway speaking ThingsBoard's device
+API, the REST API and storage.
+
+On embedded defaults it keeps everything in the data directory: SQLite,
+an in-process bus, and a development PKI made on first start (a root CA,
+a device-issuing intermediate CA and a server certificate for localhost
+and 127.0.0.1). An admin API token is made and printed once unless given
+with --admin-token or THINGLINE_ADMIN_TOKEN.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cfg.AdminToken == "" {
+				cfg.AdminToken = os.Getenv("THINGLINE_ADMIN_TOKEN")
+			}
+			cfg.Profile = gateway.Profile{
+				Name:                 "default",
+				CNRegex:              cnRegex,
+				AllowCreate:          !noCreate,
+				DisconnectOnBadInput: disconnectOnBadInput,
+				MaxPayload:           maxPayload,
+			}
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			cfg.Out = cmd.ErrOrStderr()
+			n, err := node.Start(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "thingline: devices connect to mqtts://%s, API at http://%s\n", n.MQTTAddr(), n.HTTPAddr())
+			werr := n.Wait(cmd.Context())
+			cerr := n.Close()
+			if werr != nil {
+				return werr
+			}
+			return cerr
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&cfg.DataDir, "data", "./thingline-data", "data directory")
+	f.StringVar(&cfg.MQTTListen, "mqtt-listen", ":8883", "device listener (MQTT over TLS)")
+	f.StringVar(&cfg.HTTPListen, "http-listen", "127.0.0.1:8080", "REST API listener")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "server certificate chain (PEM); default: the development PKI's")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "server private key (PEM)")
+	f.StringArrayVar(&cfg.DeviceCAs, "device-ca", nil, "device-issuing CA certificate (PEM) devices must chain to; repeatable")
+	f.StringVar(&cfg.AdminToken, "admin-token", "", "admin API token (or THINGLINE_ADMIN_TOKEN)")
+	f.StringVar(&cfg.StoreURL, "store", "", "storage: empty for SQLite in the data directory, or postgres://…")
+	f.StringVar(&cfg.BusURL, "bus", "", "bus: empty for in-process, or nats://… to share with other nodes")
+	f.StringVar(&cfg.NodeID, "node-id", "", "this node's name (default: host name)")
+	f.StringVar(&cnRegex, "cn-regex", "(.*)", "device name = first capture group of this expression on the certificate CN")
+	f.BoolVar(&noCreate, "no-auto-provision", false, "refuse devices not already known instead of creating them")
+	f.BoolVar(&disconnectOnBadInput, "disconnect-on-bad-input", false, "MQTT 3.1.1: close the session on a refused message instead of acknowledging and dropping it")
+	f.IntVar(&maxPayload, "max-payload", 65536, "largest accepted PUBLISH payload in bytes")
+	return c
+}
