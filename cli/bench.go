@@ -403,6 +403,7 @@ func startMosquitto(ctx context.Context, bin, dir, pkiDir string) (*mosqServer, 
 		return nil, err
 	}
 	conf := fmt.Sprintf(`per_listener_settings false
+user root
 allow_anonymous true
 persistence false
 log_dest stderr
