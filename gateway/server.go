@@ -1,0 +1,499 @@
+// Package gateway is thingline's device gateway: an MQTT 3.1.1 and 5 server
+// over mutual TLS that speaks ThingsBoard's device API. A device proves its
+// identity with an X.509 certificate chaining to a configured device CA; its
+// name is derived from the certificate CN and it is auto-provisioned on its
+// first connection.
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/thingline/thingline/bus"
+	"github.com/thingline/thingline/store"
+)
+
+// Config configures a Server.
+type Config struct {
+	TLSCertificate tls.Certificate     // server certificate (chain) and key
+	DeviceCAs      []*x509.Certificate // trust anchors: the device-issuing CAs
+	Profile        Profile             // the default profile; the zero value means DefaultProfile()
+	Store          store.Store
+	Bus            bus.Bus
+	Node           string // this node's id
+	Logger         *slog.Logger
+	Registerer     prometheus.Registerer // nil: metrics are kept but not registered
+	Now            func() time.Time      // for tests; nil = time.Now
+
+	// MaxHandshakes caps concurrent TLS handshakes; 0 means 512. Accepting
+	// waits while the cap is reached, so a handshake flood queues in the
+	// kernel's backlog instead of in memory.
+	MaxHandshakes int
+	// Timeout bounds the TLS handshake and, separately, the wait for
+	// CONNECT; 0 means 10 s.
+	Timeout time.Duration
+	// RefusalEventsPerMinute limits refusal and bad-input events per remote
+	// IP and reason; 0 means 20.
+	RefusalEventsPerMinute int
+}
+
+// Server is the device gateway. Create it with New, then call Serve.
+type Server struct {
+	cfg     Config
+	profile *compiledProfile
+	st      store.Store
+	bus     bus.Bus
+	node    string
+	log     *slog.Logger
+	now     func() time.Time
+	roots   *x509.CertPool
+	tlsConf *tls.Config
+	met     *metrics
+	timeout time.Duration
+
+	maxPacket int // largest PUBLISH read into memory
+
+	revMu   sync.RWMutex // leaf lock
+	revoked map[string]struct{}
+
+	chainMu sync.RWMutex // leaf lock
+	chains  map[[32]byte]chainValidity
+
+	// mu guards the fields below. Lock order: Server.mu before session.mu;
+	// never held while calling the store, the bus or writing to a network
+	// connection.
+	mu          sync.Mutex
+	closed      bool
+	listeners   map[net.Listener]struct{}
+	conns       map[net.Conn]struct{}  // every accepted connection, closed by Close
+	sessions    map[string]*session    // live sessions by device name
+	known       map[string]knownCred   // device names already ensured with a certificate
+	takeovers   map[string][]time.Time // recent takeovers between different addresses
+	clonedAt    map[string]time.Time   // last possible-cloned-identity event per device
+	unitCount   int64
+	unitCountAt time.Time
+
+	hsSem chan struct{}
+	wg    sync.WaitGroup // connection goroutines
+
+	events   chan store.Event
+	evWG     sync.WaitGroup
+	limitMu  sync.Mutex // leaf lock
+	limits   map[string]*rateWindow
+	stopSubs []func()
+}
+
+type rateWindow struct {
+	start time.Time
+	n     int
+}
+
+// New checks cfg, loads the revocation list, marks this node's stale
+// sessions offline and subscribes to the cluster notices it needs.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil || cfg.Bus == nil {
+		return nil, errors.New("gateway: config needs a store and a bus")
+	}
+	if len(cfg.DeviceCAs) == 0 {
+		return nil, errors.New("gateway: config needs at least one device CA")
+	}
+	if len(cfg.TLSCertificate.Certificate) == 0 {
+		return nil, errors.New("gateway: config needs a server certificate")
+	}
+	prof, err := compileProfile(cfg.Profile)
+	if err != nil {
+		return nil, err
+	}
+	met, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg: cfg, profile: prof, st: cfg.Store, bus: cfg.Bus, node: cfg.Node, log: cfg.Logger,
+		now: cfg.Now, roots: x509.NewCertPool(), met: met, timeout: cfg.Timeout,
+		revoked:   map[string]struct{}{},
+		chains:    map[[32]byte]chainValidity{},
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[net.Conn]struct{}{},
+		sessions:  map[string]*session{},
+		known:     map[string]knownCred{},
+		takeovers: map[string][]time.Time{},
+		clonedAt:  map[string]time.Time{},
+		limits:    map[string]*rateWindow{},
+		events:    make(chan store.Event, 4096),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.timeout <= 0 {
+		s.timeout = 10 * time.Second
+	}
+	if s.cfg.MaxHandshakes <= 0 {
+		s.cfg.MaxHandshakes = 512
+	}
+	if s.cfg.RefusalEventsPerMinute <= 0 {
+		s.cfg.RefusalEventsPerMinute = 20
+	}
+	s.hsSem = make(chan struct{}, s.cfg.MaxHandshakes)
+	// Topic, packet id and MQTT 5 properties around the payload.
+	s.maxPacket = prof.MaxPayload + 8192
+	for _, ca := range cfg.DeviceCAs {
+		s.roots.AddCert(ca)
+	}
+	s.tlsConf = &tls.Config{
+		Certificates: []tls.Certificate{cfg.TLSCertificate},
+		// Verification is ours (verifyConnection): Go's own would refuse a
+		// missing certificate before we could record why.
+		ClientAuth: tls.RequestClientCert,
+		MinVersion: tls.VersionTLS12,
+		// X25519 first, then P-256: both are what ESP32's mbedTLS offers,
+		// and both are far cheaper than the post-quantum hybrid Go would
+		// otherwise prefer; devices cannot do ML-KEM anyway.
+		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384},
+		VerifyConnection: s.verifyConnection,
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	revs, err := s.st.ListRevocations(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: loading revocations: %w", err)
+	}
+	for _, r := range revs {
+		s.addRevocation(r.Serial)
+	}
+	if err := s.st.ResetNode(ctx, s.node); err != nil {
+		return nil, fmt.Errorf("gateway: resetting sessions of node %q: %w", s.node, err)
+	}
+	if err := s.subscribe(); err != nil {
+		s.unsubscribe()
+		return nil, err
+	}
+	for range 4 {
+		s.evWG.Add(1)
+		go s.writeEvents()
+	}
+	return s, nil
+}
+
+func (s *Server) subscribe() error {
+	stop, err := s.bus.Subscribe(bus.TopicRevocations, func(data []byte) {
+		var r store.Revocation
+		if err := json.Unmarshal(data, &r); err != nil {
+			s.log.Warn("gateway: bad revocation notice", "err", err)
+			return
+		}
+		s.addRevocation(r.Serial)
+		s.closeRevoked(normalizeSerial(r.Serial))
+	})
+	if err != nil {
+		return fmt.Errorf("gateway: subscribing to revocations: %w", err)
+	}
+	s.stopSubs = append(s.stopSubs, stop)
+	stop, err = s.bus.Subscribe(bus.TopicSessions, s.onSessionNotice)
+	if err != nil {
+		return fmt.Errorf("gateway: subscribing to sessions: %w", err)
+	}
+	s.stopSubs = append(s.stopSubs, stop)
+	stop, err = s.bus.Subscribe(bus.TopicDevices, s.onDeviceNotice)
+	if err != nil {
+		return fmt.Errorf("gateway: subscribing to devices: %w", err)
+	}
+	s.stopSubs = append(s.stopSubs, stop)
+	return nil
+}
+
+func (s *Server) unsubscribe() {
+	for _, stop := range s.stopSubs {
+		stop()
+	}
+	s.stopSubs = nil
+}
+
+// closeRevoked ends live sessions whose certificate was just revoked.
+func (s *Server) closeRevoked(serial string) {
+	s.mu.Lock()
+	var victims []*session
+	for _, ss := range s.sessions {
+		if ss.serial == serial {
+			victims = append(victims, ss)
+		}
+	}
+	s.mu.Unlock()
+	for _, ss := range victims {
+		ss.closeByServer(codeNotAuthorized, "certificate revoked")
+	}
+}
+
+// onDeviceNotice forgets deleted devices and closes their sessions, so
+// that a reconnect provisions them afresh.
+func (s *Server) onDeviceNotice(data []byte) {
+	var n struct {
+		Device string `json:"device"`
+		Op     string `json:"op"`
+	}
+	if json.Unmarshal(data, &n) != nil || n.Op != "deleted" {
+		return
+	}
+	s.mu.Lock()
+	delete(s.known, n.Device)
+	ss := s.sessions[n.Device]
+	s.mu.Unlock()
+	if ss != nil {
+		ss.closeByServer(codeAdministrative, "device deleted")
+	}
+}
+
+// Serve accepts device connections on ln (a plain TCP listener: TLS is
+// done here) until Close. It returns nil after Close.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errors.New("gateway: server closed")
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		s.hsSem <- struct{}{}
+		c, err := ln.Accept()
+		if err != nil {
+			<-s.hsSem
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return nil
+			}
+			if isTemporary(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("gateway: accepting: %w", err)
+		}
+		backoff = 0
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			<-s.hsSem
+			return nil
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serveConn(c)
+	}
+}
+
+// isTemporary treats accept errors like EMFILE as transient: the accept
+// loop backs off instead of ending, as net/http does.
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// Sessions returns the number of live device sessions on this server.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// Close stops accepting, ends every session (devices are marked offline)
+// and flushes pending audit events.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	var lns []net.Listener
+	for ln := range s.listeners {
+		lns = append(lns, ln)
+	}
+	var sessions []*session
+	for _, ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	var conns []net.Conn
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, ln := range lns {
+		ln.Close()
+	}
+	for _, ss := range sessions {
+		ss.closeByServer(codeServerShuttingDown, "server shutting down")
+	}
+	for _, c := range conns {
+		// Sessions closed above have already sent their DISCONNECT; this
+		// reaches connections still in the handshake or CONNECT.
+		c.SetDeadline(time.Now())
+	}
+	s.wg.Wait()
+	s.unsubscribe()
+	close(s.events)
+	s.evWG.Wait()
+	return nil
+}
+
+// event queues an audit event without blocking; a full queue drops it.
+func (s *Server) event(e store.Event) {
+	if e.Time.IsZero() {
+		e.Time = s.now()
+	}
+	e.Node = s.node
+	defer func() {
+		// The queue is closed by Close; an event racing it is dropped.
+		if recover() != nil {
+			s.met.eventsDropped.Inc()
+		}
+	}()
+	select {
+	case s.events <- e:
+	default:
+		s.met.eventsDropped.Inc()
+	}
+}
+
+// eventSync writes an event that must not be lost (provisioning, rotation).
+func (s *Server) eventSync(ctx context.Context, e store.Event) {
+	if e.Time.IsZero() {
+		e.Time = s.now()
+	}
+	e.Node = s.node
+	if err := s.st.AddEvent(ctx, e); err != nil {
+		s.log.Warn("gateway: writing event", "kind", e.Kind, "device", e.Device, "err", err)
+	}
+}
+
+// limited applies the per-IP, per-reason event limit, so that a flood of
+// refused connections or bad messages cannot fill the disk with events.
+// limited applies to a "host:port" or any other key (a device name).
+func (s *Server) limited(addr, reason string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	key := host + "|" + reason
+	now := time.Now()
+	s.limitMu.Lock()
+	defer s.limitMu.Unlock()
+	if len(s.limits) > 100000 {
+		s.limits = map[string]*rateWindow{}
+	}
+	w := s.limits[key]
+	if w == nil || now.Sub(w.start) > time.Minute {
+		s.limits[key] = &rateWindow{start: now, n: 1}
+		return false
+	}
+	w.n++
+	return w.n > s.cfg.RefusalEventsPerMinute
+}
+
+func (s *Server) writeEvents() {
+	defer s.evWG.Done()
+	for e := range s.events {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := s.st.AddEvent(ctx, e); err != nil {
+			s.log.Warn("gateway: writing event", "kind", e.Kind, "device", e.Device, "err", err)
+		}
+		cancel()
+	}
+}
+
+// refuse records a refused connection.
+func (s *Server) refuse(addr string, r *refusal) {
+	s.met.refusals.WithLabelValues(r.reason).Inc()
+	s.log.Info("gateway: connection refused", "addr", addr, "reason", r.reason, "cn", r.cn, "serial", r.serial)
+	if s.limited(addr, r.reason) {
+		s.met.eventsDropped.Inc()
+		return
+	}
+	s.event(store.Event{Device: r.device, Kind: store.EventRefused, Reason: r.reason, Addr: addr, Detail: r.detail()})
+}
+
+// serveConn runs one connection: handshake, CONNECT, then the session.
+func (s *Server) serveConn(c net.Conn) {
+	released, handedOff := false, false
+	release := func() {
+		if !released {
+			released = true
+			<-s.hsSem
+		}
+	}
+	defer func() {
+		release()
+		if v := recover(); v != nil {
+			s.log.Error("gateway: connection panicked", "addr", c.RemoteAddr().String(), "panic", v)
+		}
+		if !handedOff {
+			s.endConn(c)
+		}
+	}()
+	addr := c.RemoteAddr().String()
+	tc := tls.Server(c, s.tlsConf)
+	c.SetDeadline(time.Now().Add(s.timeout))
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	release()
+	if err != nil {
+		var r *refusal
+		if errors.As(err, &r) {
+			s.met.handshakes.WithLabelValues("refused").Inc()
+			s.refuse(addr, r)
+		} else {
+			s.met.handshakes.WithLabelValues("error").Inc()
+			s.log.Debug("gateway: handshake failed", "addr", addr, "err", err)
+		}
+		return
+	}
+	s.met.handshakes.WithLabelValues("ok").Inc()
+	c.SetDeadline(time.Now().Add(s.timeout))
+	ss := newSession(s, tc, addr)
+	if !ss.start() {
+		return
+	}
+	handedOff = true
+	go func() {
+		defer s.endConn(c)
+		ss.loop()
+	}()
+}
+
+// endConn releases what serveConn took for c.
+func (s *Server) endConn(c net.Conn) {
+	c.Close()
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}

@@ -1,0 +1,1029 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/thingline/thingline/bus"
+	"github.com/thingline/thingline/pki"
+	"github.com/thingline/thingline/store"
+)
+
+// MQTT reason codes the gateway sends.
+const (
+	codeSuccess            byte = 0x00
+	codeMalformed          byte = 0x81
+	codeProtocolError      byte = 0x82
+	codeImplSpecific       byte = 0x83
+	codeUnsupportedVersion byte = 0x84
+	codeNotAuthorized      byte = 0x87
+	codeServerUnavailable  byte = 0x88
+	codeServerShuttingDown byte = 0x8B
+	codeKeepAliveTimeout   byte = 0x8D
+	codeSessionTakenOver   byte = 0x8E
+	codeTopicFilterInvalid byte = 0x8F
+	codeTopicNameInvalid   byte = 0x90
+	codeNoSubscription     byte = 0x11
+	codeTopicAliasInvalid  byte = 0x94
+	codePacketTooLarge     byte = 0x95
+	codeQuotaExceeded      byte = 0x97
+	codeAdministrative     byte = 0x98
+	codePayloadFormat      byte = 0x99
+	codeQoSNotSupported    byte = 0x9B
+
+	// MQTT 3.1.1 CONNACK return codes.
+	v3UnacceptableVersion byte = 1
+	v3ServerUnavailable   byte = 3
+	v3NotAuthorized       byte = 5
+)
+
+// maxPending bounds the messages of one session waiting for the store;
+// the reader stops reading beyond it, which is the flow control.
+const maxPending = 256
+
+// Bad-input reasons, counted per device as "rejected.<reason>".
+const (
+	badPayload  = "payload-format"
+	badTopic    = "topic"
+	badTooLarge = "too-large"
+	badProtocol = "protocol"
+)
+
+// work is one received PUBLISH moving through the session's ordered
+// pipeline: its store writes and side effects run in arrival order and its
+// acknowledgement is written only after them, so PUBACK order is PUBLISH
+// order and a PUBACK means "durably stored".
+type work struct {
+	pid       uint16
+	qos       byte
+	read      time.Time
+	recs      []store.Record
+	attrs     []store.KV
+	fn        func(ctx context.Context) // runs after the store writes of the same batch
+	reason    byte
+	reasonStr string
+}
+
+type subState struct {
+	on  bool
+	qos byte
+	st  style
+}
+
+// session is one device connection. One goroutine (run) reads; a second,
+// flush, exists only while stored work is pending, so idle connections cost
+// one goroutine.
+type session struct {
+	srv  *Server
+	conn *tls.Conn
+	addr string
+	sid  string
+
+	// Set before the session is registered, read-only afterwards.
+	ver       byte
+	keepAlive time.Duration
+	dev       store.Device
+	leaf      *x509.Certificate
+	serial    string
+	maxOut    uint32 // client's Maximum Packet Size (MQTT 5); 0 means no limit
+	noProblem bool   // MQTT 5 client asked for no reason strings
+	will      *packets.Packet
+	hdr       [1]byte
+
+	pid atomic.Uint32 // outbound packet ids
+
+	writeMu sync.Mutex // leaf lock: one writer on conn at a time
+
+	// mu guards the fields below. Lock order: Server.mu, then session.mu.
+	mu        sync.Mutex
+	subs      [numSubKinds]subState
+	rpcWait   map[string]chan json.RawMessage
+	rpcNext   uint64
+	takenOver bool
+	// serverClosed: ended on purpose by the server (shutdown, deletion,
+	// revocation, operator): the will is not published.
+	serverClosed bool
+	stopServe    func()
+	badCounts    map[string]int64
+	badTimer     *time.Timer
+
+	// ackMu guards the pipeline. It is never held with mu.
+	ackMu    sync.Mutex
+	ackCond  *sync.Cond
+	ackQ     []*work
+	pending  int
+	flushing bool
+
+	closing   atomic.Bool
+	closeOnce sync.Once
+	done      chan struct{} // closed when the session has ended
+}
+
+func newSession(s *Server, c *tls.Conn, addr string) *session {
+	ss := &session{srv: s, conn: c, addr: addr, done: make(chan struct{})}
+	ss.ackCond = sync.NewCond(&ss.ackMu)
+	return ss
+}
+
+// errMalformed marks a packet that cannot be decoded.
+var errMalformed = errors.New("malformed packet")
+
+func (ss *session) ReadByte() (byte, error) {
+	_, err := io.ReadFull(ss.conn, ss.hdr[:])
+	return ss.hdr[0], err
+}
+
+// readFixedHeader reads the fixed header straight from the TLS connection:
+// tls.Conn already buffers a whole record, so a bufio.Reader per
+// connection would only add memory.
+func (ss *session) readFixedHeader() (packets.FixedHeader, error) { return readFixedHeader(ss) }
+
+func readFixedHeader(r io.ByteReader) (packets.FixedHeader, error) {
+	var fh packets.FixedHeader
+	hb, err := r.ReadByte()
+	if err != nil {
+		return fh, err
+	}
+	if err := fh.Decode(hb); err != nil {
+		return fh, fmt.Errorf("%w: %v", errMalformed, err)
+	}
+	n, mult := 0, 1
+	for i := 0; i < 4; i++ {
+		b, err := r.ReadByte()
+		if err != nil {
+			return fh, err
+		}
+		n += int(b&127) * mult
+		if b&128 == 0 {
+			fh.Remaining = n
+			return fh, nil
+		}
+		mult *= 128
+	}
+	return fh, fmt.Errorf("%w: remaining length over four bytes", errMalformed)
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// readBody reads a packet body into a pooled buffer; the caller returns it
+// with putBuf once nothing aliases it (the codec's strings do).
+func (ss *session) readBody(n int) (*[]byte, error) {
+	bp := bufPool.Get().(*[]byte)
+	if cap(*bp) < n {
+		if n <= 64*1024 {
+			*bp = make([]byte, n, max(n, 4096))
+		} else {
+			// Large packets are rare: do not keep their buffers in the pool.
+			b := make([]byte, n)
+			bp = &b
+		}
+	}
+	*bp = (*bp)[:n]
+	if _, err := io.ReadFull(ss.conn, *bp); err != nil {
+		putBuf(bp)
+		return nil, err
+	}
+	return bp, nil
+}
+
+func putBuf(bp *[]byte) {
+	if cap(*bp) <= 64*1024 {
+		*bp = (*bp)[:0]
+		bufPool.Put(bp)
+	}
+}
+
+// decode decodes a packet body. The codec can index out of range on some
+// truncated inputs, so a panic is turned into a malformed-packet error.
+func decode(pk *packets.Packet, buf []byte) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", errMalformed, r)
+		}
+	}()
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		err = pk.ConnectDecode(buf)
+	case packets.Publish:
+		err = pk.PublishDecode(buf)
+	case packets.Puback:
+		err = pk.PubackDecode(buf)
+	case packets.Pubrec:
+		err = pk.PubrecDecode(buf)
+	case packets.Pubrel:
+		err = pk.PubrelDecode(buf)
+	case packets.Pubcomp:
+		err = pk.PubcompDecode(buf)
+	case packets.Subscribe:
+		err = pk.SubscribeDecode(buf)
+	case packets.Unsubscribe:
+		err = pk.UnsubscribeDecode(buf)
+	case packets.Pingreq, packets.Pingresp:
+	case packets.Disconnect:
+		err = pk.DisconnectDecode(buf)
+	case packets.Auth:
+		err = pk.AuthDecode(buf)
+	default:
+		return fmt.Errorf("%w: packet type %d", errMalformed, pk.FixedHeader.Type)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", errMalformed, err)
+	}
+	return nil
+}
+
+func encode(pk *packets.Packet, buf *bytes.Buffer) error {
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		return pk.ConnackEncode(buf)
+	case packets.Publish:
+		return pk.PublishEncode(buf)
+	case packets.Puback:
+		return pk.PubackEncode(buf)
+	case packets.Pubrec:
+		return pk.PubrecEncode(buf)
+	case packets.Pubcomp:
+		return pk.PubcompEncode(buf)
+	case packets.Suback:
+		return pk.SubackEncode(buf)
+	case packets.Unsuback:
+		return pk.UnsubackEncode(buf)
+	case packets.Pingresp:
+		return pk.PingrespEncode(buf)
+	case packets.Disconnect:
+		return pk.DisconnectEncode(buf)
+	}
+	return fmt.Errorf("gateway: cannot encode packet type %d", pk.FixedHeader.Type)
+}
+
+var wbufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// write encodes pks and sends them in one TLS write.
+func (ss *session) write(pks ...*packets.Packet) error {
+	return ss.writeTimeout(ss.srv.timeout, pks...)
+}
+
+func (ss *session) writeTimeout(d time.Duration, pks ...*packets.Packet) error {
+	buf := wbufPool.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 64*1024 {
+			buf.Reset()
+			wbufPool.Put(buf)
+		}
+	}()
+	for _, pk := range pks {
+		pk.ProtocolVersion = ss.ver
+		if ss.noProblem {
+			pk.Mods.DisallowProblemInfo = true
+		}
+		mark := buf.Len()
+		if err := encode(pk, buf); err != nil {
+			return fmt.Errorf("gateway: encoding packet: %w", err)
+		}
+		if ss.maxOut > 0 && uint32(buf.Len()-mark) > ss.maxOut {
+			// MQTT 5: a packet over the client's maximum is dropped.
+			buf.Truncate(mark)
+		}
+	}
+	if buf.Len() == 0 {
+		return nil
+	}
+	ss.writeMu.Lock()
+	defer ss.writeMu.Unlock()
+	ss.conn.SetWriteDeadline(time.Now().Add(d))
+	if _, err := ss.conn.Write(buf.Bytes()); err != nil {
+		return fmt.Errorf("gateway: writing to %s: %w", ss.addr, err)
+	}
+	return nil
+}
+
+func (ss *session) nextPID() uint16 { return uint16(ss.pid.Add(1)%65535 + 1) }
+
+// publish sends a server-to-device message.
+func (ss *session) publish(topic string, payload []byte, qos byte) error {
+	pk := &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, TopicName: topic, Payload: payload}
+	if qos > 0 {
+		pk.PacketID = ss.nextPID()
+	}
+	return ss.write(pk)
+}
+
+// close ends the session: MQTT 5 clients get a DISCONNECT with code, then
+// the connection's deadlines expire so the reader returns at once. It is
+// safe from any goroutine and idempotent.
+func (ss *session) close(code byte, reason string) {
+	ss.closeOnce.Do(func() {
+		ss.closing.Store(true)
+		if ss.ver == 5 && code != codeSuccess {
+			pk := &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ReasonCode: code}
+			pk.Properties.ReasonString = reason
+			ss.writeTimeout(time.Second, pk)
+		}
+		ss.conn.NetConn().SetDeadline(time.Now())
+		ss.ackMu.Lock()
+		ss.ackCond.Broadcast()
+		ss.ackMu.Unlock()
+	})
+}
+
+// closeByServer ends the session on purpose (not the device's fault).
+func (ss *session) closeByServer(code byte, reason string) {
+	ss.mu.Lock()
+	ss.serverClosed = true
+	ss.mu.Unlock()
+	ss.close(code, reason)
+}
+
+func (ss *session) storeCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 30*time.Second)
+}
+
+// start reads and handles CONNECT. When it returns false the session is
+// over and finish has run.
+func (ss *session) start() (ok bool) {
+	s := ss.srv
+	registered := false
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("gateway: session panicked", "addr", ss.addr, "device", ss.dev.Name, "panic", v)
+			ok = false
+		}
+		if !ok {
+			ss.finish(registered, true)
+		}
+	}()
+	fh, err := ss.readFixedHeader()
+	if err != nil || fh.Type != packets.Connect || fh.Remaining > 64*1024 {
+		return false
+	}
+	bp, err := ss.readBody(fh.Remaining)
+	if err != nil {
+		return false
+	}
+	pk := packets.Packet{FixedHeader: fh}
+	err = decode(&pk, *bp)
+	if err == nil {
+		registered, err = ss.connect(&pk)
+	}
+	putBuf(bp)
+	if err != nil {
+		s.log.Debug("gateway: connect failed", "addr", ss.addr, "err", err)
+		return false
+	}
+	return true
+}
+
+// loop serves packets after CONNECT until the session ends. It runs in a
+// fresh goroutine: the TLS handshake grew the first goroutine's stack to
+// 32 KiB, which an idle connection should not keep.
+func (ss *session) loop() {
+	s := ss.srv
+	abnormal := true
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("gateway: session panicked", "addr", ss.addr, "device", ss.dev.Name, "panic", v)
+		}
+		ss.finish(true, abnormal)
+	}()
+	for {
+		if ss.keepAlive > 0 {
+			ss.conn.SetReadDeadline(time.Now().Add(ss.keepAlive * 3 / 2))
+		} else {
+			ss.conn.SetReadDeadline(time.Time{})
+		}
+		fh, err := ss.readFixedHeader()
+		if err != nil {
+			ss.readFailed(err)
+			return
+		}
+		if fh.Remaining > s.maxPacket {
+			ss.badInput(badTooLarge, fmt.Sprintf("packet of %d bytes exceeds the maximum of %d", fh.Remaining, s.maxPacket))
+			ss.close(codePacketTooLarge, "packet too large")
+			return
+		}
+		bp, err := ss.readBody(fh.Remaining)
+		if err != nil {
+			ss.readFailed(err)
+			return
+		}
+		pk := packets.Packet{FixedHeader: fh, ProtocolVersion: ss.ver}
+		if err := decode(&pk, *bp); err != nil {
+			putBuf(bp)
+			ss.badInput(badProtocol, err.Error())
+			ss.close(codeMalformed, "malformed packet")
+			return
+		}
+		cont, normal := ss.handle(&pk)
+		putBuf(bp)
+		if !cont {
+			abnormal = !normal
+			return
+		}
+	}
+}
+
+func (ss *session) readFailed(err error) {
+	var ne net.Error
+	if errors.Is(err, errMalformed) {
+		ss.badInput(badProtocol, err.Error())
+		ss.close(codeMalformed, "malformed packet")
+	} else if errors.As(err, &ne) && ne.Timeout() && !ss.closing.Load() {
+		ss.close(codeKeepAliveTimeout, "keep alive timeout")
+	}
+}
+
+// connect handles CONNECT: protocol checks, authorization, takeover and
+// CONNACK. It reports whether the session was registered.
+func (ss *session) connect(pk *packets.Packet) (bool, error) {
+	s := ss.srv
+	ss.ver = pk.ProtocolVersion
+	if ss.ver != 4 && ss.ver != 5 {
+		ss.ver = 4
+		ss.connack(v3UnacceptableVersion, nil)
+		return false, fmt.Errorf("gateway: unsupported protocol version %d", pk.ProtocolVersion)
+	}
+	if code := pk.ConnectValidate(); code != packets.CodeSuccess {
+		if ss.ver == 5 {
+			ss.connack(code.Code, nil)
+		}
+		return false, fmt.Errorf("gateway: invalid CONNECT: %s", code.Reason)
+	}
+	ss.keepAlive = time.Duration(pk.Connect.Keepalive) * time.Second
+	if ss.ver == 5 {
+		ss.maxOut = pk.Properties.MaximumPacketSize
+		ss.noProblem = pk.Properties.RequestProblemInfoFlag && pk.Properties.RequestProblemInfo == 0
+	}
+	if pk.Connect.WillFlag {
+		ss.will = &packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: min(pk.Connect.WillQos, 1)},
+			TopicName:   string([]byte(pk.Connect.WillTopic)),
+			Payload:     append([]byte(nil), pk.Connect.WillPayload...),
+		}
+	}
+	certs := ss.conn.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return false, errors.New("gateway: no peer certificate after handshake")
+	}
+	ss.leaf = certs[0]
+	ss.serial = pki.SerialHex(ss.leaf)
+
+	ctx, cancel := ss.storeCtx()
+	defer cancel()
+	id, ref := s.authorize(ctx, ss.leaf, ss.addr)
+	if ref != nil {
+		s.refuse(ss.addr, ref)
+		code := ss.code(codeNotAuthorized, v3NotAuthorized)
+		if ref.reason == ReasonStoreError {
+			code = ss.code(codeServerUnavailable, v3ServerUnavailable)
+		}
+		ss.connack(code, nil)
+		return false, ref
+	}
+	ss.dev = id.dev
+	ss.sid = fmt.Sprintf("%s/%p/%d", s.node, ss, time.Now().UnixNano())
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ss.connack(ss.code(codeServerUnavailable, v3ServerUnavailable), nil)
+		return false, errors.New("gateway: server closed")
+	}
+	old := s.sessions[ss.dev.Name]
+	s.sessions[ss.dev.Name] = ss
+	s.mu.Unlock()
+	s.met.sessions.Inc()
+	if old != nil {
+		old.mu.Lock()
+		old.takenOver = true
+		old.mu.Unlock()
+		old.close(codeSessionTakenOver, "session taken over")
+		s.recordTakeover(ss.dev.Name, old.addr, ss.addr, s.node)
+	}
+
+	var props *packets.Properties
+	if ss.ver == 5 {
+		props = &packets.Properties{
+			MaximumPacketSize:      uint32(s.maxPacket),
+			MaximumQos:             1,
+			MaximumQosFlag:         true,
+			RetainAvailable:        0,
+			RetainAvailableFlag:    true,
+			ReceiveMaximum:         maxPending,
+			SharedSubAvailable:     0,
+			SharedSubAvailableFlag: true,
+			SubIDAvailable:         0,
+			SubIDAvailableFlag:     true,
+		}
+		if pk.Connect.ClientIdentifier == "" {
+			props.AssignedClientID = ss.dev.Name
+		}
+	}
+	if err := ss.connack(codeSuccess, props); err != nil {
+		return true, err
+	}
+	// Past CONNECT: from now on the keep-alive governs the read deadline.
+	ss.conn.SetDeadline(time.Time{})
+
+	now := s.now()
+	if err := s.st.SetOnline(ctx, ss.dev.ID, s.node, true, ss.addr, now); err != nil {
+		s.log.Warn("gateway: setting device online", "device", ss.dev.Name, "err", err)
+	}
+	notice, _ := json.Marshal(map[string]string{"device": ss.dev.Name, "node": s.node, "addr": ss.addr, "session": ss.sid})
+	if err := s.bus.Publish(ctx, bus.TopicSessions, notice); err != nil {
+		s.log.Warn("gateway: publishing session notice", "device", ss.dev.Name, "err", err)
+	}
+	stop, err := s.bus.Serve(ss.dev.Name, ss.handleCommand)
+	if err != nil {
+		ss.close(codeServerUnavailable, "bus unavailable")
+		return true, fmt.Errorf("gateway: serving commands for %s: %w", ss.dev.Name, err)
+	}
+	ss.mu.Lock()
+	ss.stopServe = stop
+	ss.mu.Unlock()
+	s.event(store.Event{Device: ss.dev.Name, Kind: store.EventConnect, Addr: ss.addr, Time: now,
+		Detail: json.RawMessage(fmt.Sprintf(`{"protocol":%d,"serial":%q}`, ss.ver, ss.serial))})
+	return true, nil
+}
+
+// code picks the MQTT 5 reason code or the 3.1.1 return code.
+func (ss *session) code(v5, v3 byte) byte {
+	if ss.ver == 5 {
+		return v5
+	}
+	return v3
+}
+
+func (ss *session) connack(code byte, props *packets.Properties) error {
+	pk := &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ReasonCode: code}
+	if props != nil {
+		pk.Properties = *props
+	}
+	return ss.write(pk)
+}
+
+// handle dispatches one packet. cont=false ends the session; normal tells
+// whether the device ended it with a DISCONNECT (no will message).
+func (ss *session) handle(pk *packets.Packet) (cont, normal bool) {
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		return ss.handlePublish(pk), false
+	case packets.Puback, packets.Pubrec, packets.Pubcomp:
+		// Outbound messages are not retransmitted, so acks need no state.
+		return true, false
+	case packets.Pubrel:
+		ss.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: pk.PacketID})
+		return true, false
+	case packets.Subscribe:
+		ss.handleSubscribe(pk)
+		return true, false
+	case packets.Unsubscribe:
+		ss.handleUnsubscribe(pk)
+		return true, false
+	case packets.Pingreq:
+		ss.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}})
+		return true, false
+	case packets.Disconnect:
+		// MQTT 5 reason 0x04 asks for the will to be published.
+		return false, !(ss.ver == 5 && pk.ReasonCode == 0x04)
+	default:
+		ss.badInput(badProtocol, fmt.Sprintf("unexpected packet type %d", pk.FixedHeader.Type))
+		ss.close(codeProtocolError, "unexpected packet")
+		return false, false
+	}
+}
+
+func (ss *session) handleSubscribe(pk *packets.Packet) {
+	if code := pk.SubscribeValidate(); code != packets.CodeSuccess {
+		ss.close(codeProtocolError, code.Reason)
+		return
+	}
+	codes := make([]byte, len(pk.Filters))
+	ss.mu.Lock()
+	for i, f := range pk.Filters {
+		kind, st, ok := classifyFilter(f.Filter)
+		if !ok {
+			codes[i] = ss.code(codeTopicFilterInvalid, 0x80)
+			continue
+		}
+		// QoS 2 is granted as QoS 1, as ThingsBoard does.
+		q := min(f.Qos, 1)
+		ss.subs[kind] = subState{on: true, qos: q, st: st}
+		codes[i] = q
+	}
+	ss.mu.Unlock()
+	ss.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, PacketID: pk.PacketID, ReasonCodes: codes})
+}
+
+func (ss *session) handleUnsubscribe(pk *packets.Packet) {
+	codes := make([]byte, len(pk.Filters))
+	ss.mu.Lock()
+	for i, f := range pk.Filters {
+		kind, _, ok := classifyFilter(f.Filter)
+		if !ok || !ss.subs[kind].on {
+			codes[i] = codeNoSubscription
+			continue
+		}
+		ss.subs[kind] = subState{}
+	}
+	ss.mu.Unlock()
+	ss.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsuback}, PacketID: pk.PacketID, ReasonCodes: codes})
+}
+
+// sub returns the style and QoS for a server-to-device message: those of
+// the matching subscription, else v1 and QoS 1 (ThingsBoard's default).
+func (ss *session) sub(kind subKind) (subState, bool) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	st := ss.subs[kind]
+	if !st.on {
+		return subState{qos: 1, st: styleV1}, false
+	}
+	return st, true
+}
+
+// handlePublish processes a device PUBLISH; false ends the session.
+func (ss *session) handlePublish(pk *packets.Packet) bool {
+	s := ss.srv
+	if code := pk.PublishValidate(0); code != packets.CodeSuccess {
+		if code.Code == codeTopicAliasInvalid {
+			ss.close(codeTopicAliasInvalid, "topic aliases are not supported")
+		} else {
+			ss.badInput(badProtocol, code.Reason)
+			ss.close(codeProtocolError, code.Reason)
+		}
+		return false
+	}
+	if pk.FixedHeader.Qos == 2 && ss.ver == 5 {
+		// CONNACK said Maximum QoS 1.
+		ss.close(codeQoSNotSupported, "QoS 2 is not supported")
+		return false
+	}
+	w := &work{pid: pk.PacketID, qos: pk.FixedHeader.Qos, read: time.Now()}
+	if len(pk.Payload) > s.profile.MaxPayload {
+		return ss.reject(w, badTooLarge, codeQuotaExceeded,
+			fmt.Sprintf("payload of %d bytes exceeds the maximum of %d", len(pk.Payload), s.profile.MaxPayload))
+	}
+	kind, st, id := classifyPublish(pk.TopicName)
+	switch kind {
+	case pubTelemetry:
+		recs, err := ParseTelemetry(pk.Payload, s.now().UnixMilli())
+		if err != nil {
+			return ss.reject(w, badPayload, codePayloadFormat, err.Error())
+		}
+		for i := range recs {
+			recs[i].DeviceID = ss.dev.ID
+		}
+		w.recs = recs
+		s.met.messages.WithLabelValues("telemetry").Inc()
+	case pubAttributes:
+		kv, err := ParseAttributes(pk.Payload)
+		if err != nil {
+			return ss.reject(w, badPayload, codePayloadFormat, err.Error())
+		}
+		w.attrs = kv
+		s.met.messages.WithLabelValues("attributes").Inc()
+	case pubAttrRequest:
+		req, err := parseAttrRequest(pk.Payload)
+		if err != nil {
+			return ss.reject(w, badPayload, codePayloadFormat, err.Error())
+		}
+		topic := attrResponseTopic(st, id)
+		w.fn = func(ctx context.Context) { ss.answerAttrRequest(ctx, topic, req) }
+		s.met.messages.WithLabelValues("attribute-request").Inc()
+	case pubRPCResponse:
+		ss.deliverRPC(id, pk.Payload)
+		s.met.messages.WithLabelValues("rpc-response").Inc()
+	case pubRPCRequest:
+		req, err := parseRPC(pk.Payload)
+		if err != nil {
+			return ss.reject(w, badPayload, codePayloadFormat, err.Error())
+		}
+		topic := rpcResponseTopic(id)
+		w.fn = func(ctx context.Context) { ss.answerClientRPC(topic, req) }
+		s.met.messages.WithLabelValues("rpc-request").Inc()
+	case pubClaim:
+		w.reason, w.reasonStr = codeImplSpecific, "claiming is not supported"
+	case pubProvision:
+		w.fn = func(context.Context) {
+			ss.publish("/provision/response", []byte(`{"status":"FAILURE","errorMsg":"provisioning by key is not supported: connect with a device certificate"}`), 1)
+		}
+	default:
+		return ss.reject(w, badTopic, codeTopicNameInvalid, "unknown topic "+pk.TopicName)
+	}
+	ss.enqueue(w)
+	return true
+}
+
+// reject refuses a message for its content: counted, recorded and either
+// acknowledged with a reason code or, for MQTT 3.1.1 when the profile says
+// so, answered by closing the connection.
+func (ss *session) reject(w *work, reason string, code byte, msg string) bool {
+	ss.badInput(reason, msg)
+	if ss.ver == 4 && ss.srv.profile.DisconnectOnBadInput {
+		ss.close(codeSuccess, "")
+		return false
+	}
+	w.reason, w.reasonStr = code, msg
+	ss.enqueue(w)
+	return true
+}
+
+// badInput counts and records a refused message. Counters are summed in
+// memory and written at most once a second per session, events are limited
+// per address, so a device sending garbage in a loop costs little.
+func (ss *session) badInput(reason, msg string) {
+	s := ss.srv
+	s.met.rejected.WithLabelValues(reason).Inc()
+	if ss.dev.ID == 0 {
+		return
+	}
+	ss.mu.Lock()
+	if ss.badCounts == nil {
+		ss.badCounts = map[string]int64{}
+	}
+	ss.badCounts[reason]++
+	if ss.badTimer == nil {
+		ss.badTimer = time.AfterFunc(0, ss.flushCounters)
+	}
+	ss.mu.Unlock()
+	// Limited per device: devices behind one NAT share an address.
+	if s.limited(ss.dev.Name, "bad-input") {
+		s.met.eventsDropped.Inc()
+		return
+	}
+	detail, _ := json.Marshal(map[string]string{"error": msg})
+	s.event(store.Event{Device: ss.dev.Name, Kind: store.EventBadInput, Reason: reason, Addr: ss.addr, Detail: detail})
+}
+
+// flushCounters writes the summed counters and, if more arrive within a
+// second, schedules itself once more.
+func (ss *session) flushCounters() {
+	ss.mu.Lock()
+	counts := ss.badCounts
+	ss.badCounts = nil
+	ss.mu.Unlock()
+	ctx, cancel := ss.storeCtx()
+	defer cancel()
+	for reason, n := range counts {
+		if err := ss.srv.st.AddCounter(ctx, ss.dev.ID, "rejected."+reason, n); err != nil {
+			ss.srv.log.Warn("gateway: adding counter", "device", ss.dev.Name, "err", err)
+		}
+	}
+	ss.mu.Lock()
+	if len(ss.badCounts) > 0 {
+		ss.badTimer = time.AfterFunc(time.Second, ss.flushCounters)
+	} else {
+		ss.badTimer = nil
+	}
+	ss.mu.Unlock()
+}
+
+// enqueue adds w to the ordered pipeline, waiting while maxPending
+// messages are already in flight.
+func (ss *session) enqueue(w *work) {
+	ss.ackMu.Lock()
+	for ss.pending >= maxPending && !ss.closing.Load() {
+		ss.ackCond.Wait()
+	}
+	ss.ackQ = append(ss.ackQ, w)
+	ss.pending++
+	if !ss.flushing {
+		ss.flushing = true
+		go ss.flush()
+	}
+	ss.ackMu.Unlock()
+}
+
+// flush drains the pipeline: one AppendTelemetry for everything queued
+// (the store group-commits across sessions too), then the attribute
+// writes and side effects in order, then all acknowledgements in one write.
+func (ss *session) flush() {
+	s := ss.srv
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("gateway: flush panicked", "device", ss.dev.Name, "panic", v)
+			ss.close(codeImplSpecific, "internal error")
+			ss.ackMu.Lock()
+			ss.flushing = false
+			ss.pending = 0
+			ss.ackQ = nil
+			ss.ackCond.Broadcast()
+			ss.ackMu.Unlock()
+		}
+	}()
+	for {
+		ss.ackMu.Lock()
+		q := ss.ackQ
+		ss.ackQ = nil
+		if len(q) == 0 {
+			ss.flushing = false
+			ss.ackCond.Broadcast()
+			ss.ackMu.Unlock()
+			return
+		}
+		ss.ackMu.Unlock()
+
+		ok := ss.process(q)
+
+		ss.ackMu.Lock()
+		ss.pending -= len(q)
+		ss.ackCond.Broadcast()
+		ss.ackMu.Unlock()
+		if !ok {
+			// Unstored messages must not be acknowledged; the device
+			// will resend them on its next connection.
+			ss.close(codeImplSpecific, "storage unavailable")
+		}
+	}
+}
+
+func (ss *session) process(q []*work) bool {
+	s := ss.srv
+	ctx, cancel := ss.storeCtx()
+	defer cancel()
+	var recs []store.Record
+	for _, w := range q {
+		recs = append(recs, w.recs...)
+	}
+	if len(recs) > 0 {
+		if err := s.st.AppendTelemetry(ctx, recs); err != nil {
+			s.log.Error("gateway: storing telemetry", "device", ss.dev.Name, "err", err)
+			return false
+		}
+	}
+	for _, w := range q {
+		if len(w.attrs) > 0 {
+			kv := make(map[string]json.RawMessage, len(w.attrs))
+			for _, a := range w.attrs {
+				kv[a.Key] = a.Value
+			}
+			if err := s.st.SetAttributes(ctx, ss.dev.ID, store.ClientScope, kv, s.now()); err != nil {
+				s.log.Error("gateway: storing attributes", "device", ss.dev.Name, "err", err)
+				return false
+			}
+		}
+		if w.fn != nil {
+			w.fn(ctx)
+		}
+	}
+	if ss.closing.Load() {
+		return true
+	}
+	var acks []*packets.Packet
+	for _, w := range q {
+		switch w.qos {
+		case 1:
+			acks = append(acks, ss.ack(packets.Puback, w))
+		case 2:
+			acks = append(acks, ss.ack(packets.Pubrec, w))
+		}
+	}
+	if len(acks) > 0 {
+		if err := ss.write(acks...); err != nil {
+			s.log.Debug("gateway: writing acks", "device", ss.dev.Name, "err", err)
+		}
+		now := time.Now()
+		for _, w := range q {
+			if w.qos > 0 {
+				s.met.ackLatency.Observe(now.Sub(w.read).Seconds())
+			}
+		}
+	}
+	if len(recs) > 0 {
+		ss.publishLive(ctx, recs)
+	}
+	return true
+}
+
+func (ss *session) ack(typ byte, w *work) *packets.Packet {
+	pk := &packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, PacketID: w.pid}
+	if ss.ver == 5 && w.reason != codeSuccess {
+		pk.ReasonCode = w.reason
+		pk.Properties.ReasonString = w.reasonStr
+	}
+	return pk
+}
+
+// publishLive broadcasts stored telemetry for consoles, one message per
+// record: {"device":..,"ts":..,"values":{..}}. It is on the hot path, so
+// the JSON is assembled by hand from the already-valid value texts.
+func (ss *session) publishLive(ctx context.Context, recs []store.Record) {
+	name := appendJSONString(nil, ss.dev.Name)
+	for _, r := range recs {
+		n := len(name) + 48
+		for _, kv := range r.Values {
+			n += len(kv.Key) + len(kv.Value) + 4
+		}
+		b := make([]byte, 0, n)
+		b = append(b, `{"device":`...)
+		b = append(b, name...)
+		b = append(b, `,"ts":`...)
+		b = strconv.AppendInt(b, r.TS, 10)
+		b = append(b, `,"values":{`...)
+		for i, kv := range r.Values {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendJSONString(b, kv.Key)
+			b = append(b, ':')
+			b = append(b, kv.Value...)
+		}
+		b = append(b, "}}"...)
+		if err := ss.srv.bus.Publish(ctx, bus.TopicTelemetry, b); err != nil {
+			return
+		}
+	}
+}
+
+// appendJSONString quotes s, without encoding/json for plain ASCII.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// finish runs when the reader stops: the will (after an abnormal end),
+// pending writes, then the offline bookkeeping.
+func (ss *session) finish(registered, abnormal bool) {
+	s := ss.srv
+	ss.mu.Lock()
+	takenOver := ss.takenOver
+	ss.mu.Unlock()
+	if registered && abnormal && ss.will != nil && !takenOver && !ss.closedByServer() {
+		ss.processWill()
+	}
+	ss.close(codeSuccess, "")
+	// Wait for the pipeline: a will or late telemetry is stored before
+	// the device is reported offline.
+	ss.ackMu.Lock()
+	for ss.flushing {
+		ss.ackCond.Wait()
+	}
+	ss.ackMu.Unlock()
+	close(ss.done)
+	if !registered {
+		return
+	}
+	ss.mu.Lock()
+	stop := ss.stopServe
+	timer := ss.badTimer
+	takenOver = ss.takenOver
+	ss.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	if timer != nil && timer.Stop() {
+		ss.flushCounters()
+	}
+	s.mu.Lock()
+	if s.sessions[ss.dev.Name] == ss {
+		delete(s.sessions, ss.dev.Name)
+	}
+	s.mu.Unlock()
+	s.met.sessions.Dec()
+	ctx, cancel := ss.storeCtx()
+	defer cancel()
+	now := s.now()
+	if !takenOver {
+		if err := s.st.SetOnline(ctx, ss.dev.ID, s.node, false, ss.addr, now); err != nil {
+			s.log.Warn("gateway: setting device offline", "device", ss.dev.Name, "err", err)
+		}
+	}
+	s.event(store.Event{Device: ss.dev.Name, Kind: store.EventDisconnect, Addr: ss.addr, Time: now})
+}
+
+// closedByServer tells whether the server ended the session on purpose
+// (shutdown, deletion, revocation): the device did nothing wrong, so its
+// will is not published.
+func (ss *session) closedByServer() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.serverClosed
+}
+
+// processWill handles the will as if the device had published it.
+func (ss *session) processWill() {
+	w := ss.will
+	ss.will = nil
+	w.FixedHeader.Qos = 0 // nobody is left to acknowledge
+	ss.handlePublish(w)
+}

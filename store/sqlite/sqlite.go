@@ -1,0 +1,647 @@
+// Package sqlite is the embedded store: one SQLite file in WAL mode.
+//
+// Every write goes through one writer goroutine holding the only write
+// connection. It commits whatever callers are waiting in one transaction
+// (group commit), so that one fsync acknowledges many MQTT messages, and no
+// two writers ever contend for SQLite's single write lock.
+//
+// Telemetry is first appended to an ingest log keyed only by its sequence
+// number (cheap to append, durable at commit) and kept in memory as a "tail"
+// per device; a compactor moves the log into per-device chunks and the
+// latest-value table. Queries merge chunks with the tail. See docs/storage.md.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
+
+	"github.com/thingline/thingline/store"
+)
+
+// Options tunes a Store; the zero value gives the defaults.
+type Options struct {
+	// MaxBatch bounds the records (or other writes) committed in one
+	// transaction. Default 4096.
+	MaxBatch int
+	// CompactRecords starts a compaction once the uncompacted tail holds
+	// this many records. Default 100,000.
+	CompactRecords int
+	// CompactInterval starts a compaction when the tail is this old.
+	// Default 10s.
+	CompactInterval time.Duration
+	// FullSync makes SQLite fsync the WAL inside every COMMIT
+	// (synchronous=FULL) instead of the store syncing it on the side while
+	// the next batch is written. Slower; kept to compare and as a fallback.
+	FullSync bool
+}
+
+func (o *Options) defaults() {
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 4096
+	}
+	if o.CompactRecords <= 0 {
+		o.CompactRecords = 100_000
+	}
+	if o.CompactInterval <= 0 {
+		o.CompactInterval = 10 * time.Second
+	}
+}
+
+// Store is a store.Store on one SQLite file.
+type Store struct {
+	opt   Options
+	db    *sql.DB   // readers
+	wconn *sql.Conn // the writer goroutine's only connection
+
+	// closeMu guards closed against sends on ops: senders hold it shared
+	// while sending, Close takes it exclusively before stopping the writer.
+	closeMu sync.RWMutex
+	closed  bool
+	ops     chan *op
+	quit    chan struct{}
+	done    chan struct{}
+
+	// Pipelined sync: the writer hands committed batches to the syncer,
+	// which fsyncs the WAL through its own descriptor and only then wakes
+	// their callers. See docs/storage.md for why this is as durable as
+	// synchronous=FULL.
+	wal        *os.File
+	syncq      chan []*op
+	syncerDone chan struct{}
+	syncBusy   atomic.Bool   // an fsync runs or batches wait for one
+	syncIdle   chan struct{} // signalled (cap 1) when the syncer runs dry
+
+	tail tail
+
+	// Owned by the writer goroutine.
+	nextSeq     int64
+	lastCompact time.Time
+
+	batches, records, syncs, compactions, compactFailures atomic.Int64
+	commitNanos, syncNanos, compactNanos                  atomic.Int64
+}
+
+// Stats are counters of the write path since Open, for metrics and for
+// tuning.
+type Stats struct {
+	Batches         int64         // transactions committed by the writer
+	Records         int64         // telemetry records committed
+	CommitTime      time.Duration // total time spent committing batches
+	SyncTime        time.Duration // time spent making the WAL durable (in COMMIT with FullSync)
+	Syncs           int64         // WAL fsyncs by the store (0 with FullSync)
+	Compactions     int64
+	CompactFailures int64
+	CompactTime     time.Duration
+	TailRecords     int // records in the log, not yet compacted
+}
+
+// Stats returns the write path's counters.
+func (s *Store) Stats() Stats {
+	return Stats{
+		Batches:         s.batches.Load(),
+		Records:         s.records.Load(),
+		CommitTime:      time.Duration(s.commitNanos.Load()),
+		SyncTime:        time.Duration(s.syncNanos.Load()),
+		Syncs:           s.syncs.Load(),
+		Compactions:     s.compactions.Load(),
+		CompactFailures: s.compactFailures.Load(),
+		CompactTime:     time.Duration(s.compactNanos.Load()),
+		TailRecords:     s.tail.size(),
+	}
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the store at path with default options.
+func Open(ctx context.Context, path string) (*Store, error) {
+	return OpenOptions(ctx, path, Options{})
+}
+
+// OpenOptions opens the store at path.
+func OpenOptions(ctx context.Context, path string, opt Options) (*Store, error) {
+	opt.defaults()
+	// In WAL mode, synchronous=NORMAL does not fsync the WAL at commit (it
+	// still syncs the WAL before and the database after every checkpoint).
+	// The syncer then fsyncs the WAL before any caller is acknowledged:
+	// recovery replays a prefix of the committed transactions, and that
+	// prefix includes every transaction written before the fsync.
+	q := url.Values{}
+	q.Set("_journal_mode", "WAL")
+	if opt.FullSync {
+		q.Set("_synchronous", "FULL")
+	} else {
+		q.Set("_synchronous", "NORMAL")
+	}
+	q.Set("_busy_timeout", "10000")
+	q.Set("_foreign_keys", "0")
+	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
+	db, err := sql.Open("sqlite3", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: opening %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(8)
+	db.SetMaxIdleConns(8)
+	db.SetConnMaxLifetime(0)
+	wconn, err := db.Conn(ctx)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("sqlite: opening %s: %w", path, err)
+	}
+	s := &Store{
+		opt:   opt,
+		db:    db,
+		wconn: wconn,
+		ops:   make(chan *op, 4*opt.MaxBatch),
+		quit:  make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	if err := s.migrate(ctx); err != nil {
+		wconn.Close()
+		db.Close()
+		return nil, err
+	}
+	if err := s.loadTail(ctx); err != nil {
+		wconn.Close()
+		db.Close()
+		return nil, err
+	}
+	if !opt.FullSync {
+		// The migration's write transaction created the WAL; it stays (same
+		// file, reset in place) as long as a connection is open.
+		if s.wal, err = os.Open(path + "-wal"); err != nil {
+			wconn.Close()
+			db.Close()
+			return nil, fmt.Errorf("sqlite: opening the write-ahead log: %w", err)
+		}
+		s.syncq = make(chan []*op, 64)
+		s.syncIdle = make(chan struct{}, 1)
+		s.syncerDone = make(chan struct{})
+		go s.syncer()
+	}
+	s.lastCompact = time.Now()
+	go s.writer()
+	return s, nil
+}
+
+// Close stops the writer after committing the writes already queued.
+func (s *Store) Close() error {
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.closeMu.Unlock()
+	close(s.quit)
+	<-s.done
+	var err0 error
+	if s.wal != nil {
+		close(s.syncq)
+		<-s.syncerDone
+		err0 = s.wal.Close()
+	}
+	err1 := s.wconn.Close()
+	err2 := s.db.Close()
+	if err := errors.Join(err0, err1, err2); err != nil {
+		return fmt.Errorf("sqlite: closing: %w", err)
+	}
+	return nil
+}
+
+// migrations are applied in order; PRAGMA user_version records how many
+// have been. Never edit one that shipped: append a new one.
+var migrations = []string{
+	`
+CREATE TABLE devices (
+	id INTEGER PRIMARY KEY AUTOINCREMENT, -- AUTOINCREMENT: a deleted device's ID is never reused
+	name TEXT NOT NULL UNIQUE,
+	profile TEXT NOT NULL DEFAULT '',
+	created_at INTEGER NOT NULL,
+	first_seen_addr TEXT NOT NULL DEFAULT '',
+	last_seen_at INTEGER NOT NULL DEFAULT 0,
+	last_seen_addr TEXT NOT NULL DEFAULT '',
+	online INTEGER NOT NULL DEFAULT 0,
+	node TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX devices_node ON devices(node) WHERE online;
+CREATE TABLE counters (
+	device INTEGER NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
+	PRIMARY KEY (device, name)
+) WITHOUT ROWID;
+CREATE TABLE credentials (
+	device INTEGER NOT NULL,
+	sha256 TEXT NOT NULL,
+	serial TEXT NOT NULL, issuer TEXT NOT NULL, subject TEXT NOT NULL,
+	not_before INTEGER NOT NULL, not_after INTEGER NOT NULL,
+	credential_id TEXT NOT NULL, pem TEXT NOT NULL,
+	first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+	UNIQUE (device, sha256)
+);
+CREATE INDEX credentials_serial ON credentials(serial);
+CREATE TABLE attributes (
+	device INTEGER NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL,
+	value TEXT NOT NULL, updated_at INTEGER NOT NULL,
+	PRIMARY KEY (device, scope, key)
+) WITHOUT ROWID;
+CREATE TABLE events (
+	id INTEGER PRIMARY KEY AUTOINCREMENT,
+	time INTEGER NOT NULL, device TEXT NOT NULL, kind TEXT NOT NULL,
+	reason TEXT NOT NULL, addr TEXT NOT NULL, node TEXT NOT NULL, detail TEXT
+);
+CREATE INDEX events_device ON events(device, id);
+CREATE INDEX events_kind ON events(kind, id);
+CREATE TABLE revocations (
+	serial TEXT PRIMARY KEY, reason TEXT NOT NULL, revoked_at INTEGER NOT NULL
+);
+CREATE TABLE units (
+	sn TEXT PRIMARY KEY, serial TEXT NOT NULL, sha256 TEXT NOT NULL,
+	not_after INTEGER NOT NULL, batch TEXT NOT NULL, produced_at INTEGER NOT NULL,
+	test_passed INTEGER
+);
+CREATE INDEX units_serial ON units(serial);
+-- The ingest log: the durable record of telemetry not yet compacted. One
+-- row holds the n records of seqs seq..seq+n-1 (assigned by the writer) of
+-- one commit, so that an append costs one row whatever the batch size.
+CREATE TABLE tlog (
+	seq INTEGER PRIMARY KEY, n INTEGER NOT NULL, data BLOB NOT NULL
+);
+-- Compacted telemetry: many records of one device and one time bucket.
+CREATE TABLE chunk (
+	id INTEGER PRIMARY KEY,
+	device INTEGER NOT NULL, bucket INTEGER NOT NULL,
+	t_start INTEGER NOT NULL, t_end INTEGER NOT NULL, n INTEGER NOT NULL,
+	data BLOB NOT NULL
+);
+CREATE INDEX chunk_bucket ON chunk(device, bucket, id);
+CREATE INDEX chunk_end ON chunk(device, t_end);
+CREATE INDEX chunk_start ON chunk(device, t_start);
+CREATE TABLE latest (
+	device INTEGER NOT NULL, key TEXT NOT NULL, ts INTEGER NOT NULL, value BLOB NOT NULL,
+	PRIMARY KEY (device, key)
+) WITHOUT ROWID;
+-- Buckets that received more than their first chunk; the compactor merges them.
+CREATE TABLE dirty (
+	device INTEGER NOT NULL, bucket INTEGER NOT NULL, PRIMARY KEY (device, bucket)
+) WITHOUT ROWID;
+CREATE TABLE meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+-- Every log seq up to compacted is in chunk/latest, every later one in tlog.
+INSERT INTO meta VALUES ('compacted', 0);
+`,
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	// The writer connection is the only writer, and BEGIN IMMEDIATE makes a
+	// second process opening the same file wait instead of racing.
+	if _, err := s.wconn.ExecContext(ctx, "PRAGMA wal_autocheckpoint=1000"); err != nil {
+		return fmt.Errorf("sqlite: configuring: %w", err)
+	}
+	if _, err := s.wconn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return fmt.Errorf("sqlite: migrating: %w", err)
+	}
+	err := func() error {
+		var v int
+		if err := s.wconn.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+			return err
+		}
+		if v > len(migrations) {
+			return fmt.Errorf("database schema version %d is newer than this program's %d", v, len(migrations))
+		}
+		for i := v; i < len(migrations); i++ {
+			if _, err := s.wconn.ExecContext(ctx, migrations[i]); err != nil {
+				return fmt.Errorf("migration %d: %w", i+1, err)
+			}
+		}
+		_, err := s.wconn.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version=%d", len(migrations)))
+		return err
+	}()
+	if err != nil {
+		s.wconn.ExecContext(context.Background(), "ROLLBACK")
+		return fmt.Errorf("sqlite: migrating: %w", err)
+	}
+	if _, err := s.wconn.ExecContext(ctx, "COMMIT"); err != nil {
+		return fmt.Errorf("sqlite: migrating: %w", err)
+	}
+	return nil
+}
+
+// op is one queued write: telemetry records or a function run inside the
+// batch transaction (under its own savepoint, so its failure does not undo
+// the others). Functions get the writer's context, never their caller's:
+// interrupting a statement inside a transaction makes SQLite roll back the
+// whole transaction, everybody's batch with it.
+type op struct {
+	ctx     context.Context
+	recs    []store.Record
+	fn      func(ctx context.Context, tx *sql.Tx) error
+	after   func() // run by the writer after a successful commit
+	compact bool   // force a compaction after this batch
+	// exclusive runs on the write connection outside any transaction,
+	// after the batch it came with (PRAGMA wal_checkpoint needs that).
+	exclusive func(ctx context.Context, c *sql.Conn) error
+	err       error
+	done      chan struct{}
+}
+
+// do queues o and waits for its commit or for ctx. A caller that gives up
+// does not disturb the batch: the writer skips the op if it has not started.
+func (s *Store) do(ctx context.Context, o *op) error {
+	o.ctx = ctx
+	o.done = make(chan struct{})
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
+		return store.ErrClosed
+	}
+	select {
+	case s.ops <- o:
+	case <-ctx.Done():
+		s.closeMu.RUnlock()
+		return ctx.Err()
+	}
+	s.closeMu.RUnlock()
+	select {
+	case <-o.done:
+		return o.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Checkpoint copies the WAL into the database file and truncates it, so
+// that the file alone holds everything (before a backup by file copy, say).
+func (s *Store) Checkpoint(ctx context.Context) error {
+	var busy, frames, done int
+	err := s.write(ctx, func(context.Context, *sql.Tx) error { return nil }) // let queued writes land first
+	if err == nil {
+		// A checkpoint cannot run inside a transaction: run it on the writer
+		// goroutine's connection between batches.
+		err = s.do(ctx, &op{exclusive: func(ctx context.Context, c *sql.Conn) error {
+			if err := c.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &frames, &done); err != nil {
+				return err
+			}
+			if busy != 0 {
+				return errors.New("readers kept the checkpoint from completing")
+			}
+			return nil
+		}})
+	}
+	if err != nil {
+		return fmt.Errorf("sqlite: checkpointing: %w", err)
+	}
+	return nil
+}
+
+// readable makes reads fail with store.ErrClosed after Close.
+func (s *Store) readable() error {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return store.ErrClosed
+	}
+	return nil
+}
+
+// write runs fn in the writer's transaction.
+func (s *Store) write(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	return s.do(ctx, &op{fn: fn})
+}
+
+func (s *Store) writer() {
+	defer close(s.done)
+	batch := make([]*op, 0, s.opt.MaxBatch)
+	timer := time.NewTimer(s.opt.CompactInterval)
+	defer timer.Stop()
+	for {
+		var first *op
+		select {
+		case first = <-s.ops:
+		case <-timer.C:
+			timer.Reset(s.opt.CompactInterval)
+			s.maybeCompact(false)
+			continue
+		case <-s.quit:
+			// Close holds no sender any more: drain what was queued.
+			for {
+				select {
+				case o := <-s.ops:
+					s.commit([]*op{o})
+				default:
+					return
+				}
+			}
+		}
+		batch = append(batch[:0], first)
+		n := max(1, len(first.recs))
+	collect:
+		for n < s.opt.MaxBatch {
+			select {
+			case o := <-s.ops:
+				batch = append(batch, o)
+				n += max(1, len(o.recs))
+			default:
+				break collect
+			}
+		}
+		// While an fsync runs, committing a handful of records at a time
+		// would only write more WAL pages (each commit writes whole pages)
+		// for the next fsync to flush: wait until the batch is worth a
+		// commit or the syncer has nothing left to do.
+		minCommit := s.opt.MaxBatch / 8
+	wait:
+		for s.wal != nil && n < minCommit && s.syncBusy.Load() {
+			select {
+			case o := <-s.ops:
+				batch = append(batch, o)
+				n += max(1, len(o.recs))
+			case <-s.syncIdle:
+			case <-s.quit:
+				break wait
+			}
+		}
+		force := s.commit(batch)
+		s.maybeCompact(force)
+	}
+}
+
+// commit commits the transactional ops of batch, then runs its exclusive ones.
+func (s *Store) commit(batch []*op) (compact bool) {
+	var txOps, exclusive []*op
+	for _, o := range batch {
+		if o.exclusive != nil {
+			exclusive = append(exclusive, o)
+		} else {
+			txOps = append(txOps, o)
+		}
+	}
+	if len(txOps) > 0 {
+		compact = s.commitTx(txOps)
+	}
+	for _, o := range exclusive {
+		if o.err = o.ctx.Err(); o.err == nil {
+			o.err = o.exclusive(context.Background(), s.wconn)
+		}
+		close(o.done)
+	}
+	return compact
+}
+
+// commitTx runs batch in one transaction and wakes its callers. It reports
+// whether one of them asked for a compaction.
+func (s *Store) commitTx(batch []*op) (compact bool) {
+	ctx := context.Background() // a caller's cancellation must not abort the others
+	var live []*op
+	for _, o := range batch {
+		if err := o.ctx.Err(); err != nil {
+			o.err = err
+			close(o.done)
+			continue
+		}
+		live = append(live, o)
+	}
+	if len(live) == 0 {
+		return false
+	}
+	fail := func(err error) bool {
+		for _, o := range live {
+			o.err = err
+			close(o.done)
+		}
+		return false
+	}
+	seq0 := s.nextSeq
+	start := time.Now()
+	tx, err := s.wconn.BeginTx(ctx, nil)
+	if err != nil {
+		return fail(fmt.Errorf("sqlite: beginning: %w", err))
+	}
+	var added []tailAdd
+	for _, o := range live {
+		compact = compact || o.compact
+		if o.fn == nil {
+			for _, r := range o.recs {
+				added = append(added, tailAdd{dev: r.DeviceID, rec: tailRec{seq: s.nextSeq, ts: r.TS, kvs: appendKVs(nil, r.Values)}})
+				s.nextSeq++
+			}
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, "SAVEPOINT op"); err != nil {
+			tx.Rollback()
+			s.nextSeq = seq0
+			return fail(fmt.Errorf("sqlite: savepoint: %w", err))
+		}
+		o.err = o.fn(ctx, tx)
+		if o.err != nil {
+			if _, err := tx.ExecContext(ctx, "ROLLBACK TO op"); err != nil {
+				tx.Rollback()
+				s.nextSeq = seq0
+				return fail(fmt.Errorf("sqlite: rolling back: %w", err))
+			}
+		}
+		if _, err := tx.ExecContext(ctx, "RELEASE op"); err != nil {
+			tx.Rollback()
+			s.nextSeq = seq0
+			return fail(fmt.Errorf("sqlite: releasing savepoint: %w", err))
+		}
+	}
+	if err := insertLog(ctx, tx, added); err != nil {
+		tx.Rollback()
+		s.nextSeq = seq0
+		return fail(err)
+	}
+	commitStart := time.Now()
+	if err := tx.Commit(); err != nil {
+		s.nextSeq = seq0
+		return fail(fmt.Errorf("sqlite: committing: %w", err))
+	}
+	s.batches.Add(1)
+	s.records.Add(int64(len(added)))
+	s.commitNanos.Add(int64(time.Since(start)))
+	if s.wal == nil {
+		s.syncNanos.Add(int64(time.Since(commitStart)))
+	}
+	s.tail.add(added)
+	for _, o := range live {
+		if o.err == nil && o.after != nil {
+			o.after()
+		}
+	}
+	if s.wal == nil {
+		for _, o := range live {
+			close(o.done)
+		}
+		return compact
+	}
+	s.syncBusy.Store(true)
+	s.syncq <- live
+	return compact
+}
+
+// syncer acknowledges committed batches once the WAL holding them is on
+// disk. One fsync covers every batch committed before it started, so
+// batches committed while an fsync runs share the next one.
+func (s *Store) syncer() {
+	defer close(s.syncerDone)
+	var waiting []*op
+	for first := range s.syncq {
+		waiting = append(waiting[:0], first...)
+	more:
+		for {
+			select {
+			case b, ok := <-s.syncq:
+				if !ok {
+					break more
+				}
+				waiting = append(waiting, b...)
+			default:
+				break more
+			}
+		}
+		start := time.Now()
+		err := s.wal.Sync()
+		s.syncNanos.Add(int64(time.Since(start)))
+		s.syncs.Add(1)
+		for _, o := range waiting {
+			if err != nil && o.err == nil {
+				o.err = fmt.Errorf("sqlite: syncing the write-ahead log: %w", err)
+			}
+			close(o.done)
+		}
+		if len(s.syncq) == 0 {
+			s.syncBusy.Store(false)
+			select {
+			case s.syncIdle <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// logRecordsPerRow bounds the records of one log row, keeping rows (and
+// the memory a reader of one needs) moderate.
+const logRecordsPerRow = 1024
+
+// insertLog writes rows (consecutive seqs) as log rows.
+func insertLog(ctx context.Context, tx *sql.Tx, rows []tailAdd) error {
+	var buf []byte
+	for len(rows) > 0 {
+		n := min(len(rows), logRecordsPerRow)
+		buf = buf[:0]
+		for _, r := range rows[:n] {
+			buf = appendLogRecord(buf, r.dev, r.rec.ts, r.rec.kvs)
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO tlog(seq, n, data) VALUES (?, ?, ?)", rows[0].rec.seq, n, buf); err != nil {
+			return fmt.Errorf("sqlite: appending telemetry: %w", err)
+		}
+		rows = rows[n:]
+	}
+	return nil
+}

@@ -1,0 +1,651 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/thingline/thingline/store"
+)
+
+const (
+	// bucketMS is the time span a chunk may cover: chunks never straddle a
+	// bucket, so a device sending one very old timestamp cannot create a
+	// chunk spanning years that every query would have to read.
+	bucketMS = 3_600_000
+	// chunkRecords bounds a chunk so that reading the newest points of a
+	// busy device reads one small blob.
+	chunkRecords = 1024
+	// mergeBuckets bounds the buckets merged per compaction, so that one
+	// compaction cannot stall appends for long.
+	mergeBuckets = 256
+
+	defaultLimit = 100
+	maxLimit     = 10_000
+)
+
+// tail is the uncompacted telemetry, per device in seq order, mirroring the
+// tlog table. It is appended to and emptied only by the writer goroutine
+// (after the commits that make it true); queries read it.
+type tail struct {
+	mu      sync.RWMutex
+	byDev   map[int64][]tailRec
+	n       int
+	deleted map[int64]bool // devices deleted since open: their late records are dropped
+}
+
+type tailRec struct {
+	seq, ts int64
+	kvs     []byte
+}
+
+type tailAdd struct {
+	dev int64
+	rec tailRec
+}
+
+func (t *tail) add(adds []tailAdd) {
+	if len(adds) == 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.byDev == nil {
+		t.byDev = make(map[int64][]tailRec)
+	}
+	for _, a := range adds {
+		if t.deleted[a.dev] {
+			continue
+		}
+		t.byDev[a.dev] = append(t.byDev[a.dev], a.rec)
+		t.n++
+	}
+}
+
+func (t *tail) dropDevice(id int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.deleted == nil {
+		t.deleted = make(map[int64]bool)
+	}
+	t.deleted[id] = true
+	t.n -= len(t.byDev[id])
+	delete(t.byDev, id)
+}
+
+// device returns a copy of the device's tail; the records are immutable.
+func (t *tail) device(id int64) []tailRec {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return slices.Clone(t.byDev[id])
+}
+
+func (t *tail) size() int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.n
+}
+
+func (s *Store) loadTail(ctx context.Context) error {
+	var w int64
+	if err := s.db.QueryRowContext(ctx, "SELECT v FROM meta WHERE k='compacted'").Scan(&w); err != nil {
+		return fmt.Errorf("sqlite: reading compaction mark: %w", err)
+	}
+	// Records of devices deleted before a crash stay out of the tail and are
+	// dropped from the log by the next compaction.
+	devs := map[int64]bool{}
+	rows, err := s.db.QueryContext(ctx, "SELECT id FROM devices")
+	if err != nil {
+		return fmt.Errorf("sqlite: loading devices: %w", err)
+	}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return fmt.Errorf("sqlite: loading devices: %w", err)
+		}
+		devs[id] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("sqlite: loading devices: %w", err)
+	}
+	rows, err = s.db.QueryContext(ctx, "SELECT seq, n, data FROM tlog ORDER BY seq")
+	if err != nil {
+		return fmt.Errorf("sqlite: loading telemetry log: %w", err)
+	}
+	defer rows.Close()
+	var adds []tailAdd
+	maxSeq := int64(0)
+	for rows.Next() {
+		var seq, n int64
+		var data []byte
+		if err := rows.Scan(&seq, &n, &data); err != nil {
+			return fmt.Errorf("sqlite: loading telemetry log: %w", err)
+		}
+		i := int64(0)
+		err := eachLogRecord(data, func(dev, ts int64, kvs []byte) {
+			if devs[dev] {
+				adds = append(adds, tailAdd{dev: dev, rec: tailRec{seq: seq + i, ts: ts, kvs: kvs}})
+			}
+			i++
+		})
+		if err == nil && i != n {
+			err = errCorrupt
+		}
+		if err != nil {
+			return fmt.Errorf("sqlite: loading telemetry log row %d: %w", seq, err)
+		}
+		maxSeq = max(maxSeq, seq+n-1)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("sqlite: loading telemetry log: %w", err)
+	}
+	s.tail.add(adds)
+	s.nextSeq = max(w, maxSeq) + 1
+	return nil
+}
+
+// AppendTelemetry appends recs to the log and returns once they are committed.
+func (s *Store) AppendTelemetry(ctx context.Context, recs []store.Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	return s.do(ctx, &op{recs: recs})
+}
+
+// Compact moves the whole telemetry log into chunks now and merges buckets
+// that received late chunks. The store also does it on its own; tests and
+// benchmarks call it to reach a known layout.
+func (s *Store) Compact(ctx context.Context) error {
+	o := &op{compact: true, fn: func(context.Context, *sql.Tx) error { return nil }}
+	if err := s.do(ctx, o); err != nil {
+		return err
+	}
+	// The compaction runs right after the op's batch; a second empty op
+	// queued behind it returns once that compaction is over.
+	return s.do(ctx, &op{fn: func(context.Context, *sql.Tx) error { return nil }})
+}
+
+func (s *Store) maybeCompact(force bool) {
+	n := s.tail.size()
+	if !force && n < s.opt.CompactRecords && (n == 0 || time.Since(s.lastCompact) < s.opt.CompactInterval) {
+		return
+	}
+	s.lastCompact = time.Now()
+	err := s.compact(context.Background())
+	s.compactNanos.Add(int64(time.Since(s.lastCompact)))
+	s.compactions.Add(1)
+	if err != nil {
+		// The log still holds everything; the next attempt retries.
+		s.compactFailures.Add(1)
+	}
+}
+
+// compact runs on the writer goroutine, so no append happens meanwhile: the
+// whole tail is compacted and then reset.
+func (s *Store) compact(ctx context.Context) error {
+	s.tail.mu.RLock()
+	devs := make([]int64, 0, len(s.tail.byDev))
+	for d := range s.tail.byDev {
+		devs = append(devs, d)
+	}
+	snapshot := make(map[int64][]tailRec, len(devs))
+	for _, d := range devs {
+		snapshot[d] = s.tail.byDev[d]
+	}
+	s.tail.mu.RUnlock()
+	slices.Sort(devs)
+	upTo := s.nextSeq - 1
+
+	tx, err := s.wconn.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: compacting: %w", err)
+	}
+	defer tx.Rollback()
+	ins, err := tx.PrepareContext(ctx,
+		"INSERT INTO chunk(device, bucket, t_start, t_end, n, data) VALUES (?, ?, ?, ?, ?, ?)")
+	if err != nil {
+		return fmt.Errorf("sqlite: compacting: %w", err)
+	}
+	firstOfBucket, err := tx.PrepareContext(ctx,
+		"SELECT NOT EXISTS (SELECT 1 FROM chunk WHERE device=? AND bucket=?)")
+	if err != nil {
+		return fmt.Errorf("sqlite: compacting: %w", err)
+	}
+	markDirty, err := tx.PrepareContext(ctx, "INSERT OR IGNORE INTO dirty(device, bucket) VALUES (?, ?)")
+	if err != nil {
+		return fmt.Errorf("sqlite: compacting: %w", err)
+	}
+	upLatest, err := tx.PrepareContext(ctx, `INSERT INTO latest(device, key, ts, value) VALUES (?, ?, ?, ?)
+		ON CONFLICT(device, key) DO UPDATE SET ts=excluded.ts, value=excluded.value WHERE excluded.ts >= latest.ts`)
+	if err != nil {
+		return fmt.Errorf("sqlite: compacting: %w", err)
+	}
+	exists, err := tx.PrepareContext(ctx, "SELECT EXISTS (SELECT 1 FROM devices WHERE id=?)")
+	if err != nil {
+		return fmt.Errorf("sqlite: compacting: %w", err)
+	}
+	type lv struct {
+		ts int64
+		v  []byte
+	}
+	for _, d := range devs {
+		var ok bool
+		if err := exists.QueryRowContext(ctx, d).Scan(&ok); err != nil {
+			return fmt.Errorf("sqlite: compacting: %w", err)
+		}
+		if !ok {
+			continue // deleted: its log rows go with the others below
+		}
+		recs := snapshot[d]
+		// Group by bucket, keeping seq order inside each.
+		byBucket := map[int64][]tailRec{}
+		var buckets []int64
+		latest := map[string]lv{}
+		for _, r := range recs {
+			b := bucketOf(r.ts)
+			if _, seen := byBucket[b]; !seen {
+				buckets = append(buckets, b)
+			}
+			byBucket[b] = append(byBucket[b], r)
+			eachKV(r.kvs, func(k string, v []byte) {
+				if cur, seen := latest[k]; !seen || r.ts >= cur.ts {
+					latest[k] = lv{r.ts, v}
+				}
+			})
+		}
+		slices.Sort(buckets)
+		for _, b := range buckets {
+			var first bool
+			if err := firstOfBucket.QueryRowContext(ctx, d, b).Scan(&first); err != nil {
+				return fmt.Errorf("sqlite: compacting: %w", err)
+			}
+			rs := byBucket[b]
+			// Chunks written by one compaction never overlap; a bucket
+			// that already had one needs a merge once it is closed.
+			if !first {
+				if _, err := markDirty.ExecContext(ctx, d, b); err != nil {
+					return fmt.Errorf("sqlite: compacting: %w", err)
+				}
+			}
+			if err := insertChunks(ctx, ins, d, b, rs); err != nil {
+				return err
+			}
+		}
+		keys := make([]string, 0, len(latest))
+		for k := range latest {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if _, err := upLatest.ExecContext(ctx, d, k, latest[k].ts, latest[k].v); err != nil {
+				return fmt.Errorf("sqlite: compacting latest: %w", err)
+			}
+		}
+	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM tlog WHERE seq <= ?", upTo); err != nil {
+		return fmt.Errorf("sqlite: compacting: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE meta SET v=? WHERE k='compacted'", upTo); err != nil {
+		return fmt.Errorf("sqlite: compacting: %w", err)
+	}
+	if err := s.merge(ctx, tx, ins); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: committing compaction: %w", err)
+	}
+	s.tail.mu.Lock()
+	s.tail.byDev = make(map[int64][]tailRec)
+	s.tail.n = 0
+	s.tail.mu.Unlock()
+	return nil
+}
+
+func bucketOf(ts int64) int64 {
+	b := ts / bucketMS
+	if ts < 0 && ts%bucketMS != 0 {
+		b--
+	}
+	return b
+}
+
+// insertChunks writes rs (one device, one bucket) as chunks, sorted by time
+// so that a chunk's points come out in order without sorting on reads.
+func insertChunks(ctx context.Context, ins *sql.Stmt, dev, bucket int64, rs []tailRec) error {
+	rs = slices.Clone(rs)
+	slices.SortStableFunc(rs, func(a, b tailRec) int {
+		switch {
+		case a.ts < b.ts:
+			return -1
+		case a.ts > b.ts:
+			return 1
+		}
+		return 0
+	})
+	for len(rs) > 0 {
+		n := min(len(rs), chunkRecords)
+		var recs []byte
+		for _, r := range rs[:n] {
+			recs = appendRecord(recs, r.ts, r.kvs)
+		}
+		if _, err := ins.ExecContext(ctx, dev, bucket, rs[0].ts, rs[n-1].ts, n, encodeChunk(recs)); err != nil {
+			return fmt.Errorf("sqlite: writing chunk: %w", err)
+		}
+		rs = rs[n:]
+	}
+	return nil
+}
+
+// merge rewrites buckets holding several chunks into as few full chunks as
+// possible, once the bucket is in the past (a bucket still being written
+// would need merging again at every compaction).
+func (s *Store) merge(ctx context.Context, tx *sql.Tx, ins *sql.Stmt) error {
+	now := bucketOf(time.Now().UnixMilli())
+	rows, err := tx.QueryContext(ctx, "SELECT device, bucket FROM dirty WHERE bucket < ? LIMIT ?", now, mergeBuckets)
+	if err != nil {
+		return fmt.Errorf("sqlite: merging: %w", err)
+	}
+	type db struct{ d, b int64 }
+	var todo []db
+	for rows.Next() {
+		var x db
+		if err := rows.Scan(&x.d, &x.b); err != nil {
+			rows.Close()
+			return fmt.Errorf("sqlite: merging: %w", err)
+		}
+		todo = append(todo, x)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("sqlite: merging: %w", err)
+	}
+	for _, x := range todo {
+		var rs []tailRec
+		crows, err := tx.QueryContext(ctx, "SELECT data FROM chunk WHERE device=? AND bucket=? ORDER BY id", x.d, x.b)
+		if err != nil {
+			return fmt.Errorf("sqlite: merging: %w", err)
+		}
+		for crows.Next() {
+			var data []byte
+			if err := crows.Scan(&data); err != nil {
+				crows.Close()
+				return fmt.Errorf("sqlite: merging: %w", err)
+			}
+			recs, err := chunkRecordsOf(data)
+			if err == nil {
+				err = eachRecord(recs, func(ts int64, kvs []byte) error {
+					rs = append(rs, tailRec{ts: ts, kvs: kvs})
+					return nil
+				})
+			}
+			if err != nil {
+				crows.Close()
+				return fmt.Errorf("sqlite: merging: %w", err)
+			}
+		}
+		crows.Close()
+		if err := crows.Err(); err != nil {
+			return fmt.Errorf("sqlite: merging: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM chunk WHERE device=? AND bucket=?", x.d, x.b); err != nil {
+			return fmt.Errorf("sqlite: merging: %w", err)
+		}
+		if err := insertChunks(ctx, ins, x.d, x.b, rs); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM dirty WHERE device=? AND bucket=?", x.d, x.b); err != nil {
+			return fmt.Errorf("sqlite: merging: %w", err)
+		}
+	}
+	return nil
+}
+
+// snapshotTail returns the device's uncompacted records not yet in chunks as
+// seen by tx. The tail is copied before tx's first read: a compaction
+// committing in between then shows up as a higher mark in tx, and the
+// records it moved are filtered out here instead of being counted twice.
+func (s *Store) readTx(ctx context.Context, dev int64) (*sql.Tx, []tailRec, error) {
+	t := s.tail.device(dev)
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	var w int64
+	if err := tx.QueryRowContext(ctx, "SELECT v FROM meta WHERE k='compacted'").Scan(&w); err != nil {
+		tx.Rollback()
+		return nil, nil, err
+	}
+	i := sort.Search(len(t), func(i int) bool { return t[i].seq > w })
+	return tx, t[i:], nil
+}
+
+// LatestTelemetry returns the newest point of each key.
+func (s *Store) LatestTelemetry(ctx context.Context, deviceID int64, keys []string) (map[string]store.Point, error) {
+	if err := s.readable(); err != nil {
+		return nil, err
+	}
+	tx, t, err := s.readTx(ctx, deviceID)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: reading latest telemetry: %w", err)
+	}
+	defer tx.Rollback()
+	want := keySet(keys)
+	out := map[string]store.Point{}
+	rows, err := tx.QueryContext(ctx, "SELECT key, ts, value FROM latest WHERE device=?", deviceID)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: reading latest telemetry: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k string
+		var p store.Point
+		var v []byte
+		if err := rows.Scan(&k, &p.TS, &v); err != nil {
+			return nil, fmt.Errorf("sqlite: reading latest telemetry: %w", err)
+		}
+		if want == nil || want[k] {
+			p.Value = v
+			out[k] = p
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: reading latest telemetry: %w", err)
+	}
+	for _, r := range t {
+		eachKV(r.kvs, func(k string, v []byte) {
+			if want != nil && !want[k] {
+				return
+			}
+			if cur, ok := out[k]; !ok || r.ts >= cur.TS {
+				out[k] = store.Point{TS: r.ts, Value: clone(v)}
+			}
+		})
+	}
+	return out, nil
+}
+
+func clone(b []byte) []byte { return append([]byte(nil), b...) }
+
+func keySet(keys []string) map[string]bool {
+	if len(keys) == 0 {
+		return nil
+	}
+	m := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		m[k] = true
+	}
+	return m
+}
+
+func normLimit(n int) int {
+	switch {
+	case n <= 0:
+		return defaultLimit
+	case n > maxLimit:
+		return maxLimit
+	}
+	return n
+}
+
+// QueryTelemetry returns up to q.Limit points per key in [q.From, q.To]
+// (q.To of 0 means no upper bound).
+func (s *Store) QueryTelemetry(ctx context.Context, q store.TelemetryQuery) (map[string][]store.Point, error) {
+	if err := s.readable(); err != nil {
+		return nil, err
+	}
+	limit := normLimit(q.Limit)
+	to := q.To
+	if to == 0 {
+		to = math.MaxInt64
+	}
+	tx, t, err := s.readTx(ctx, q.DeviceID)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: querying telemetry: %w", err)
+	}
+	defer tx.Rollback()
+	want := keySet(q.Keys)
+	acc := newAccumulator(limit, q.Asc)
+	for _, r := range t {
+		if r.ts < q.From || r.ts > to {
+			continue
+		}
+		acc.addRecord(r.ts, r.kvs, want)
+	}
+	// Only compacted keys (all in latest) can be in chunks: the stop rule
+	// waits for those alone, so that asking for a key the device never sent
+	// does not read its whole history.
+	rows, err := tx.QueryContext(ctx, "SELECT key FROM latest WHERE device=?", q.DeviceID)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: querying telemetry: %w", err)
+	}
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("sqlite: querying telemetry: %w", err)
+		}
+		if want == nil || want[k] {
+			acc.need(k)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: querying telemetry: %w", err)
+	}
+	// Chunks are read in the order of the answer; once every key has enough
+	// points beyond the next chunk's bound, no further chunk can change it.
+	query := "SELECT t_end, data FROM chunk WHERE device=? AND t_end >= ? AND t_start <= ? ORDER BY t_end DESC"
+	if q.Asc {
+		query = "SELECT t_start, data FROM chunk WHERE device=? AND t_start <= ? AND t_end >= ? ORDER BY t_start ASC"
+	}
+	if q.Asc {
+		rows, err = tx.QueryContext(ctx, query, q.DeviceID, to, q.From)
+	} else {
+		rows, err = tx.QueryContext(ctx, query, q.DeviceID, q.From, to)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: querying telemetry: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var bound int64
+		var data []byte
+		if err := rows.Scan(&bound, &data); err != nil {
+			return nil, fmt.Errorf("sqlite: querying telemetry: %w", err)
+		}
+		if acc.complete(bound) {
+			break
+		}
+		recs, err := chunkRecordsOf(data)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: querying telemetry: %w", err)
+		}
+		err = eachRecord(recs, func(ts int64, kvs []byte) error {
+			if ts >= q.From && ts <= to {
+				acc.addRecord(ts, kvs, want)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: querying telemetry: %w", err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: querying telemetry: %w", err)
+	}
+	return acc.result(), nil
+}
+
+// accumulator collects points per key and knows when a query has enough.
+type accumulator struct {
+	limit  int
+	asc    bool
+	pts    map[string][]store.Point
+	needed []string // the keys chunks may still hold points of
+}
+
+func newAccumulator(limit int, asc bool) *accumulator {
+	return &accumulator{limit: limit, asc: asc, pts: map[string][]store.Point{}}
+}
+
+func (a *accumulator) need(k string) { a.needed = append(a.needed, k) }
+
+func (a *accumulator) addRecord(ts int64, kvs []byte, want map[string]bool) {
+	eachKV(kvs, func(k string, v []byte) {
+		if want == nil || want[k] {
+			a.pts[k] = append(a.pts[k], store.Point{TS: ts, Value: clone(v)})
+		}
+	})
+}
+
+// complete tells whether every key already has limit points strictly beyond
+// bound (newer for descending, older for ascending): every point still unread
+// lies at or before bound, so it could not make the cut.
+func (a *accumulator) complete(bound int64) bool {
+	for _, k := range a.needed {
+		ps := a.pts[k]
+		n := 0
+		for _, p := range ps {
+			if (!a.asc && p.TS > bound) || (a.asc && p.TS < bound) {
+				n++
+			}
+		}
+		if n < a.limit {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *accumulator) result() map[string][]store.Point {
+	out := make(map[string][]store.Point, len(a.pts))
+	for k, ps := range a.pts {
+		if len(ps) == 0 {
+			continue
+		}
+		slices.SortStableFunc(ps, func(x, y store.Point) int {
+			switch {
+			case x.TS < y.TS:
+				return -1
+			case x.TS > y.TS:
+				return 1
+			}
+			return 0
+		})
+		if !a.asc {
+			slices.Reverse(ps)
+		}
+		if len(ps) > a.limit {
+			ps = ps[:a.limit]
+		}
+		out[k] = ps
+	}
+	return out
+}

@@ -1,0 +1,118 @@
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/thingline/thingline/store"
+)
+
+// BenchAppend measures durably acknowledged telemetry messages per second:
+// many goroutines (like the gateway's sessions) each append one record of
+// three keys at a time, spread over devices. It reports msgs/s. start, if
+// not nil, is called when the setup is done and the measurement begins.
+func BenchAppend(b *testing.B, s store.Store, devices, parallelism int, start func()) {
+	ctx := context.Background()
+	ids := make([]int64, devices)
+	for i := range ids {
+		d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("bench-%d", i)}, store.Credential{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ids[i] = d.ID
+	}
+	var n atomic.Int64
+	t0 := time.Now().UnixMilli()
+	b.SetParallelism(parallelism)
+	if start != nil {
+		start()
+	}
+	cpu0 := processCPU()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := n.Add(1)
+			r := store.Record{DeviceID: ids[i%int64(devices)], TS: t0 + i/int64(devices), Values: []store.KV{
+				{Key: "temperature", Value: raw(strconv.FormatFloat(20+float64(i%100)/10, 'f', 1, 64))},
+				{Key: "humidity", Value: raw(strconv.FormatInt(40+i%30, 10))},
+				{Key: "battery", Value: raw(`3.31`)},
+			}}
+			if err := s.AppendTelemetry(ctx, []store.Record{r}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	// CPU per message says more than msgs/s on a shared machine: with the
+	// load of other processes, the wall-clock rate mostly measures them.
+	b.ReportMetric(float64((processCPU()-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-µs/msg")
+}
+
+// BenchQuery fills a store with points of 3 keys, one every second for
+// each of devices devices, then measures the dashboard's two reads: the
+// newest 100 points of one key, and the latest values. settle, if not nil,
+// runs after loading (e.g. the statistics a running database would have).
+func BenchQuery(b *testing.B, s store.Store, devices, perDevice int, settle func()) {
+	ctx := context.Background()
+	ids := make([]int64, devices)
+	for i := range ids {
+		d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("q-%d", i)}, store.Credential{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ids[i] = d.ID
+	}
+	t0 := time.Now().Add(-time.Duration(perDevice) * time.Second).UnixMilli()
+	var recs []store.Record
+	for j := range perDevice {
+		for _, id := range ids {
+			recs = append(recs, store.Record{DeviceID: id, TS: t0 + int64(j)*1000, Values: []store.KV{
+				{Key: "temperature", Value: raw(strconv.Itoa(20 + j%10))},
+				{Key: "humidity", Value: raw(strconv.Itoa(40 + j%30))},
+				{Key: "battery", Value: raw(`3.31`)},
+			}})
+			if len(recs) == 2000 {
+				if err := s.AppendTelemetry(ctx, recs); err != nil {
+					b.Fatal(err)
+				}
+				recs = recs[:0]
+			}
+		}
+	}
+	if err := s.AppendTelemetry(ctx, recs); err != nil {
+		b.Fatal(err)
+	}
+	if c, ok := s.(Compacter); ok {
+		if err := c.Compact(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if settle != nil {
+		settle()
+	}
+	b.Run("newest100", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			i++
+			got, err := s.QueryTelemetry(ctx, store.TelemetryQuery{DeviceID: ids[i%devices], Keys: []string{"temperature"}, To: time.Now().UnixMilli()})
+			if err != nil || len(got["temperature"]) != 100 {
+				b.Fatalf("query: %d points, %v", len(got["temperature"]), err)
+			}
+		}
+	})
+	b.Run("latest", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			i++
+			got, err := s.LatestTelemetry(ctx, ids[i%devices], nil)
+			if err != nil || len(got) != 3 {
+				b.Fatalf("latest: %v, %v", got, err)
+			}
+		}
+	})
+}
