@@ -51,29 +51,6 @@ func (s *Server) device(r *http.Request) (store.Device, error) {
 	return d, err
 }
 
-// withProduced fills in whether the factory produced the device's serial,
-// once the factory registry is in use.
-func (s *Server) withProduced(ctx context.Context, ds []store.Device) error {
-	n, err := s.cfg.Store.CountUnits(ctx)
-	if err != nil || n == 0 {
-		return err
-	}
-	for i := range ds {
-		_, err := s.cfg.Store.GetUnit(ctx, ds[i].Name)
-		switch {
-		case err == nil:
-			t := true
-			ds[i].Produced = &t
-		case errors.Is(err, store.ErrNotFound):
-			f := false
-			ds[i].Produced = &f
-		default:
-			return err
-		}
-	}
-	return nil
-}
-
 func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
 	limit, err := queryInt(r, "limit", defaultLimit, 1, 1000)
 	if err != nil {
@@ -82,9 +59,6 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
 	after := r.URL.Query().Get("after")
 	ds, err := s.cfg.Store.ListDevices(r.Context(), store.ListOptions{After: after, Limit: int(limit)})
 	if err != nil {
-		return err
-	}
-	if err := s.withProduced(r.Context(), ds); err != nil {
 		return err
 	}
 	resp := struct {
@@ -106,11 +80,7 @@ func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	ds := []store.Device{d}
-	if err := s.withProduced(r.Context(), ds); err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, ds[0])
+	writeJSON(w, http.StatusOK, d)
 	return nil
 }
 

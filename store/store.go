@@ -178,7 +178,7 @@ const (
 	EventRotation    = "rotation"    // known device presented a new valid certificate
 	EventTakeover    = "takeover"    // a newer session replaced an older one
 	EventCloned      = "possible-cloned-identity"
-	EventBadInput    = "bad-input" // a message refused for its content
+	EventBadInput    = "bad-input"      // a message refused for its content
 	EventUnknownUnit = "unknown-serial" // chains to the device CA, never produced
 )
 
@@ -223,13 +223,13 @@ type Revocations interface {
 
 // Unit is one unit the factory produced, as sent by `thingline factory push`.
 type Unit struct {
-	SN          string    `json:"sn"`
-	Serial      string    `json:"certSerial"` // certificate serial, lower-case hex
-	SHA256      string    `json:"sha256"`
-	NotAfter    time.Time `json:"notAfter"`
-	Batch       string    `json:"batch,omitempty"`
-	ProducedAt  time.Time `json:"producedAt"`
-	TestPassed  *bool     `json:"testPassed,omitempty"`
+	SN         string    `json:"sn"`
+	Serial     string    `json:"certSerial"` // certificate serial, lower-case hex
+	SHA256     string    `json:"sha256"`
+	NotAfter   time.Time `json:"notAfter"`
+	Batch      string    `json:"batch,omitempty"`
+	ProducedAt time.Time `json:"producedAt"`
+	TestPassed *bool     `json:"testPassed,omitempty"`
 }
 
 // Units is the registry of produced serial numbers.

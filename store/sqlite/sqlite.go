@@ -40,7 +40,8 @@ type Options struct {
 	CompactInterval time.Duration
 	// FullSync makes SQLite fsync the WAL inside every COMMIT
 	// (synchronous=FULL) instead of the store syncing it on the side while
-	// the next batch is written. Slower; kept to compare and as a fallback.
+	// the next batch is written: as fast when fsyncs are quick, slower when
+	// they are slow; kept to compare and as a fallback.
 	FullSync bool
 }
 
