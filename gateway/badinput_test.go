@@ -168,11 +168,11 @@ func TestMalformedPackets(t *testing.T) {
 	o := e.v5(t, other)
 	cert, _ := e.inter.device(t, "SN-GARBAGE")
 	for _, garbage := range [][]byte{
-		{0x82, 6, 0, 1, 0, 0, 1, 'a'},           // SUBSCRIBE without its options byte
-		{0x32, 3, 0, 9, 'v'},                    // PUBLISH whose topic overruns the packet
-		{0xf0, 0},                               // AUTH without content
-		{0x30, 0xff, 0xff, 0xff, 0xff, 0x7f},    // remaining length over four bytes
-		{0x62, 2, 0, 1, 0x10, 0x20, 0x30, 0x40}, // PUBREL, then junk
+		{0x82, 6, 0, 1, 0, 0, 1, 'a'},        // SUBSCRIBE without its options byte
+		{0x32, 3, 0, 9, 'v'},                 // PUBLISH whose topic overruns the packet
+		{0xf0, 0},                            // AUTH without content
+		{0x30, 0xff, 0xff, 0xff, 0xff, 0x7f}, // remaining length over four bytes
+		{0x62, 2, 0, 1, 0x10, 0},             // PUBREL, then an empty second CONNECT
 	} {
 		conn, err := tls.Dial("tcp", e.addr, e.clientTLS(&cert))
 		if err != nil {
@@ -200,7 +200,7 @@ func TestMalformedPackets(t *testing.T) {
 		}
 		conn.Close()
 	}
-	e.waitCounter(t, "SN-GARBAGE", "rejected.protocol", 4)
+	e.waitCounter(t, "SN-GARBAGE", "rejected.protocol", 5)
 	if code := o.pub(t, "v1/devices/me/telemetry", `{"still":"here"}`); code != 0 {
 		t.Errorf("bystander puback %#x", code)
 	}

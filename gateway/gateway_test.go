@@ -1,10 +1,13 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -238,5 +241,48 @@ func TestV2TopicsAndRPCV5(t *testing.T) {
 	reply, err := e.bus.Request(ctx, "SN-000003", bus.Command{Kind: bus.CommandRPC, TimeoutMs: 5000, Payload: json.RawMessage(`{"method":"ping"}`)})
 	if err != nil || string(reply) != `"done"` {
 		t.Errorf("v2 rpc reply = %s, %v", reply, err)
+	}
+}
+
+// TestPubackOrderUnderPipelining sends more QoS 1 messages than the
+// in-flight limit without waiting: every PUBACK comes back, in PUBLISH
+// order, and every message is stored.
+func TestPubackOrderUnderPipelining(t *testing.T) {
+	e := newEnv(t, nil)
+	cert, _ := e.inter.device(t, "SN-PIPE")
+	conn, err := rawConnect(e, cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	const n = 700
+	topic := "v1/devices/me/telemetry"
+	go func() {
+		w := bufio.NewWriter(conn)
+		for i := 1; i <= n; i++ {
+			payload := fmt.Sprintf(`{"ts":%d,"values":{"seq":%d}}`, 1000+i, i)
+			f := []byte{0x32, byte(2 + len(topic) + 2 + len(payload))}
+			f = binary.BigEndian.AppendUint16(f, uint16(len(topic)))
+			f = append(f, topic...)
+			f = binary.BigEndian.AppendUint16(f, uint16(i))
+			w.Write(append(f, payload...))
+		}
+		w.Flush()
+	}()
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	r := bufio.NewReader(conn)
+	for i := 1; i <= n; i++ {
+		var ack [4]byte
+		if _, err := io.ReadFull(r, ack[:]); err != nil {
+			t.Fatalf("puback %d: %v", i, err)
+		}
+		if ack[0] != 0x40 || binary.BigEndian.Uint16(ack[2:]) != uint16(i) {
+			t.Fatalf("ack %d = %x", i, ack)
+		}
+	}
+	d := e.device(t, "SN-PIPE")
+	pts, err := e.st.QueryTelemetry(context.Background(), store.TelemetryQuery{DeviceID: d.ID, Keys: []string{"seq"}, From: 0, To: 1 << 40, Limit: n + 1})
+	if err != nil || len(pts["seq"]) != n {
+		t.Fatalf("stored %d points, %v", len(pts["seq"]), err)
 	}
 }

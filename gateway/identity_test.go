@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -127,4 +129,53 @@ func TestTakeoverAcrossNodes(t *testing.T) {
 	if ev.Node != "node-1" {
 		t.Errorf("takeover recorded by %q", ev.Node)
 	}
+}
+
+// TestTLSVersionsAndResumption: TLS 1.2 is accepted, and a TLS 1.3 session
+// resumed from a ticket keeps the device's identity.
+func TestTLSVersionsAndResumption(t *testing.T) {
+	e := newEnv(t, nil)
+	cert, _ := e.inter.device(t, "SN-TLS")
+	connect := func(cfg *tls.Config) *tls.Conn {
+		t.Helper()
+		conn, err := tls.Dial("tcp", e.addr, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := conn.Write(connectV4); err != nil {
+			t.Fatal(err)
+		}
+		var ack [4]byte
+		if _, err := io.ReadFull(conn, ack[:]); err != nil || ack != [4]byte{0x20, 2, 0, 0} {
+			t.Fatalf("connack %x, %v", ack, err)
+		}
+		return conn
+	}
+	cfg := e.clientTLS(&cert)
+	cfg.MaxVersion = tls.VersionTLS12
+	c := connect(cfg)
+	if v := c.ConnectionState().Version; v != tls.VersionTLS12 {
+		t.Errorf("version %x", v)
+	}
+	c.Close()
+
+	cfg = e.clientTLS(&cert)
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	c = connect(cfg)
+	// The ticket arrives after the handshake; reading the CONNACK above
+	// has processed it.
+	c.Close()
+	c = connect(cfg)
+	defer c.Close()
+	if !c.ConnectionState().DidResume {
+		t.Error("second connection did not resume")
+	}
+	tstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		d, err := e.st.GetDevice(context.Background(), "SN-TLS")
+		if err != nil || !d.Online {
+			return fmt.Errorf("device %+v, %v", d, err)
+		}
+		return nil
+	})
 }

@@ -20,6 +20,15 @@ var jsonNull = json.RawMessage("null")
 
 // handleCommand runs bus commands addressed to this session's device.
 func (ss *session) handleCommand(ctx context.Context, cmd bus.Command) (json.RawMessage, error) {
+	if cmd.Kind != bus.CommandDisconnect {
+		select {
+		case <-ss.ready:
+		case <-ss.done:
+			return nil, bus.ErrNoSession
+		case <-ctx.Done():
+			return nil, bus.ErrTimeout
+		}
+	}
 	switch cmd.Kind {
 	case bus.CommandRPC:
 		return ss.serverRPC(ctx, cmd)
@@ -183,6 +192,7 @@ func (s *Server) onSessionNotice(data []byte) {
 		Node    string `json:"node"`
 		Addr    string `json:"addr"`
 		Session string `json:"session"`
+		Started int64  `json:"started"` // ns since the epoch
 	}
 	if json.Unmarshal(data, &n) != nil || n.Node == s.node {
 		return
@@ -190,9 +200,15 @@ func (s *Server) onSessionNotice(data []byte) {
 	s.mu.Lock()
 	ss := s.sessions[n.Device]
 	s.mu.Unlock()
-	if ss != nil && ss.sid != n.Session {
-		ss.takeover(n.Addr, n.Node)
+	// Notices can arrive late (our own session may be the newer one), so
+	// only a newer session takes over; ties go to the larger session id.
+	if ss == nil || ss.sid == n.Session {
+		return
 	}
+	if n.Started < ss.started.UnixNano() || (n.Started == ss.started.UnixNano() && n.Session < ss.sid) {
+		return
+	}
+	ss.takeover(n.Addr, n.Node)
 }
 
 // recordTakeover writes the takeover event and watches for a cloned

@@ -91,6 +91,8 @@ type session struct {
 	conn *tls.Conn
 	addr string
 	sid  string
+	// started orders sessions of one device across nodes: the newest wins.
+	started time.Time
 
 	// Set before the session is registered, read-only afterwards.
 	ver       byte
@@ -130,10 +132,12 @@ type session struct {
 	closing   atomic.Bool
 	closeOnce sync.Once
 	done      chan struct{} // closed when the session has ended
+	finished  chan struct{} // closed when finish is complete (device marked offline)
+	ready     chan struct{} // closed once CONNACK is sent
 }
 
 func newSession(s *Server, c *tls.Conn, addr string) *session {
-	ss := &session{srv: s, conn: c, addr: addr, done: make(chan struct{})}
+	ss := &session{srv: s, conn: c, addr: addr, done: make(chan struct{}), finished: make(chan struct{}), ready: make(chan struct{})}
 	ss.ackCond = sync.NewCond(&ss.ackMu)
 	return ss
 }
@@ -493,7 +497,8 @@ func (ss *session) connect(pk *packets.Packet) (bool, error) {
 		return false, ref
 	}
 	ss.dev = id.dev
-	ss.sid = fmt.Sprintf("%s/%p/%d", s.node, ss, time.Now().UnixNano())
+	ss.started = time.Now()
+	ss.sid = fmt.Sprintf("%s/%p/%d", s.node, ss, ss.started.UnixNano())
 
 	s.mu.Lock()
 	if s.closed {
@@ -531,28 +536,41 @@ func (ss *session) connect(pk *packets.Packet) (bool, error) {
 			props.AssignedClientID = ss.dev.Name
 		}
 	}
-	if err := ss.connack(codeSuccess, props); err != nil {
-		return true, err
-	}
-	// Past CONNECT: from now on the keep-alive governs the read deadline.
-	ss.conn.SetDeadline(time.Time{})
-
-	now := s.now()
-	if err := s.st.SetOnline(ctx, ss.dev.ID, s.node, true, ss.addr, now); err != nil {
-		s.log.Warn("gateway: setting device online", "device", ss.dev.Name, "err", err)
-	}
-	notice, _ := json.Marshal(map[string]string{"device": ss.dev.Name, "node": s.node, "addr": ss.addr, "session": ss.sid})
+	// Announce the session and take the device's commands before
+	// CONNACK: the device cannot act on this session (or open another)
+	// before it is known cluster-wide, so a late notice or Serve can never
+	// displace a newer session. Commands wait for ready (after CONNACK).
+	notice, _ := json.Marshal(map[string]any{"device": ss.dev.Name, "node": s.node, "addr": ss.addr, "session": ss.sid,
+		"started": ss.started.UnixNano()})
 	if err := s.bus.Publish(ctx, bus.TopicSessions, notice); err != nil {
 		s.log.Warn("gateway: publishing session notice", "device", ss.dev.Name, "err", err)
 	}
 	stop, err := s.bus.Serve(ss.dev.Name, ss.handleCommand)
 	if err != nil {
-		ss.close(codeServerUnavailable, "bus unavailable")
+		ss.connack(ss.code(codeServerUnavailable, v3ServerUnavailable), nil)
 		return true, fmt.Errorf("gateway: serving commands for %s: %w", ss.dev.Name, err)
 	}
 	ss.mu.Lock()
 	ss.stopServe = stop
 	ss.mu.Unlock()
+	if err := ss.connack(codeSuccess, props); err != nil {
+		return true, err
+	}
+	close(ss.ready)
+	// Past CONNECT: from now on the keep-alive governs the read deadline.
+	ss.conn.SetDeadline(time.Time{})
+
+	if old != nil {
+		select {
+		case <-old.finished:
+		case <-time.After(5 * time.Second):
+			s.log.Warn("gateway: taken-over session slow to finish", "device", ss.dev.Name)
+		}
+	}
+	now := s.now()
+	if err := s.st.SetOnline(ctx, ss.dev.ID, s.node, true, ss.addr, now); err != nil {
+		s.log.Warn("gateway: setting device online", "device", ss.dev.Name, "err", err)
+	}
 	s.event(store.Event{Device: ss.dev.Name, Kind: store.EventConnect, Addr: ss.addr, Time: now,
 		Detail: json.RawMessage(fmt.Sprintf(`{"protocol":%d,"serial":%q}`, ss.ver, ss.serial))})
 	return true, nil
@@ -965,6 +983,7 @@ func appendJSONString(b []byte, s string) []byte {
 // pending writes, then the offline bookkeeping.
 func (ss *session) finish(registered, abnormal bool) {
 	s := ss.srv
+	defer close(ss.finished)
 	ss.mu.Lock()
 	takenOver := ss.takenOver
 	ss.mu.Unlock()
@@ -994,12 +1013,6 @@ func (ss *session) finish(registered, abnormal bool) {
 	if timer != nil && timer.Stop() {
 		ss.flushCounters()
 	}
-	s.mu.Lock()
-	if s.sessions[ss.dev.Name] == ss {
-		delete(s.sessions, ss.dev.Name)
-	}
-	s.mu.Unlock()
-	s.met.sessions.Dec()
 	ctx, cancel := ss.storeCtx()
 	defer cancel()
 	now := s.now()
@@ -1008,6 +1021,15 @@ func (ss *session) finish(registered, abnormal bool) {
 			s.log.Warn("gateway: setting device offline", "device", ss.dev.Name, "err", err)
 		}
 	}
+	// Leave the session table only now: a reconnect arriving meanwhile
+	// finds this session, takes it over and waits for finished, so its
+	// "online" cannot be overwritten by this "offline".
+	s.mu.Lock()
+	if s.sessions[ss.dev.Name] == ss {
+		delete(s.sessions, ss.dev.Name)
+	}
+	s.mu.Unlock()
+	s.met.sessions.Dec()
 	s.event(store.Event{Device: ss.dev.Name, Kind: store.EventDisconnect, Addr: ss.addr, Time: now})
 }
 
