@@ -36,6 +36,7 @@ type benchOptions struct {
 	window      int
 	concurrency int
 	idle        int
+	settle      time.Duration
 	mosquitto   string
 	work        string
 	jsonOut     bool
@@ -80,6 +81,7 @@ the acknowledged ones not found.`,
 	f.IntVar(&o.window, "window", 4, "QoS 1 messages in flight per device")
 	f.IntVar(&o.concurrency, "concurrency", 32, "handshakes in progress at once")
 	f.IntVar(&o.idle, "idle", 15000, "idle connections for the memory phase (0 skips it)")
+	f.DurationVar(&o.settle, "settle", 3*time.Second, "wait after opening the idle connections before reading the server's memory")
 	f.StringVar(&o.mosquitto, "mosquitto", "auto", "auto (if installed), off, or the path of the mosquitto binary")
 	f.StringVar(&o.work, "work", "", "working directory (default: a temporary one, removed afterwards)")
 	f.BoolVar(&o.jsonOut, "json", false, "print the results as JSON")
@@ -248,7 +250,7 @@ func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.De
 		}
 		logf("%s: opening %d idle connections (server RSS %d KB)", name, o.idle, before)
 		idleConns, _, ih := loadgen.Connect(ctx, addr, devs[:o.idle], o.concurrency)
-		time.Sleep(3 * time.Second)
+		time.Sleep(o.settle)
 		after, err := rssKB(pid)
 		if err != nil {
 			return r, err

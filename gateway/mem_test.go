@@ -119,6 +119,14 @@ func BenchmarkIdleConnections(b *testing.B) {
 		pprof.WriteHeapProfile(f)
 		f.Close()
 	}
+	if path := os.Getenv("THINGLINE_GW_GOROUTINES"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		pprof.Lookup("goroutine").WriteTo(f, 1)
+		f.Close()
+	}
 	b.ReportMetric(float64(heap1+stack1-heap0-stack0)/float64(n), "bytes/conn")
 	b.ReportMetric(float64(stack1-stack0)/float64(n), "stack-bytes/conn")
 }

@@ -483,10 +483,7 @@ func (s *Server) serveConn(c net.Conn) {
 		return
 	}
 	handedOff = true
-	go func() {
-		defer s.endConn(c)
-		ss.loop()
-	}()
+	go ss.serve(c)
 }
 
 // endConn releases what serveConn took for c.

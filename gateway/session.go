@@ -129,6 +129,11 @@ type session struct {
 	pending  int
 	flushing bool
 
+	// readable and idleWait watch the socket under the TLS connection
+	// (see socketWatch); nil when it cannot be watched that way.
+	readable func() bool
+	idleWait func() error
+
 	closing   atomic.Bool
 	closeOnce sync.Once
 	done      chan struct{} // closed when the session has ended
@@ -138,6 +143,7 @@ type session struct {
 
 func newSession(s *Server, c *tls.Conn, addr string) *session {
 	ss := &session{srv: s, conn: c, addr: addr, done: make(chan struct{}), finished: make(chan struct{}), ready: make(chan struct{})}
+	ss.readable, ss.idleWait = socketWatch(c.NetConn())
 	ss.ackCond = sync.NewCond(&ss.ackMu)
 	return ss
 }
@@ -390,53 +396,144 @@ func (ss *session) start() (ok bool) {
 	return true
 }
 
-// loop serves packets after CONNECT until the session ends. It runs in a
-// fresh goroutine: the TLS handshake grew the first goroutine's stack to
-// 32 KiB, which an idle connection should not keep.
-func (ss *session) loop() {
+// serve runs the session after CONNECT in its own goroutine until it ends,
+// then releases the connection. When the device has nothing more to say
+// and the connection supports it, the wait is handed to a goroutine with a
+// small stack (see idleWaiter) and this one ends.
+func (ss *session) serve(c net.Conn) {
+	s := ss.srv
+	for {
+		if ended := ss.loop(); ended {
+			s.endConn(c)
+			return
+		}
+		go ss.waitThenServe(c)
+		return
+	}
+}
+
+// waitThenServe waits until the device sends again (or the keep-alive
+// expires, or the session is closed), then serves in this goroutine.
+func (ss *session) waitThenServe(c net.Conn) {
+	if err := ss.idleWait(); err != nil {
+		ss.readFailed(err)
+		ss.finish(true, true)
+		ss.srv.endConn(c)
+		return
+	}
+	ss.serve(c)
+}
+
+// loop serves packets until the session ends (ended=true, finish has run)
+// or, with idle waiting, until no further byte is already at hand.
+func (ss *session) loop() (ended bool) {
 	s := ss.srv
 	abnormal := true
+	ended = true
 	defer func() {
 		if v := recover(); v != nil {
 			s.log.Error("gateway: session panicked", "addr", ss.addr, "device", ss.dev.Name, "panic", v)
+			ended = true
 		}
-		ss.finish(true, abnormal)
+		if ended {
+			ss.finish(true, abnormal)
+		}
 	}()
 	for {
-		if ss.keepAlive > 0 {
-			ss.conn.SetReadDeadline(time.Now().Add(ss.keepAlive * 3 / 2))
-		} else {
-			ss.conn.SetReadDeadline(time.Time{})
+		first, idle, err := ss.nextByte()
+		if idle {
+			return false
 		}
-		fh, err := ss.readFixedHeader()
 		if err != nil {
 			ss.readFailed(err)
-			return
+			return true
+		}
+		ss.setKeepAliveDeadline()
+		fh, err := readFixedHeader(&prefixedByteReader{first: first, r: ss})
+		if err != nil {
+			ss.readFailed(err)
+			return true
 		}
 		if fh.Remaining > s.maxPacket {
 			ss.badInput(badTooLarge, fmt.Sprintf("packet of %d bytes exceeds the maximum of %d", fh.Remaining, s.maxPacket))
 			ss.close(codePacketTooLarge, "packet too large")
-			return
+			return true
 		}
 		bp, err := ss.readBody(fh.Remaining)
 		if err != nil {
 			ss.readFailed(err)
-			return
+			return true
 		}
 		pk := packets.Packet{FixedHeader: fh, ProtocolVersion: ss.ver}
 		if err := decode(&pk, *bp); err != nil {
 			putBuf(bp)
 			ss.badInput(badProtocol, err.Error())
 			ss.close(codeMalformed, "malformed packet")
-			return
+			return true
 		}
 		cont, normal := ss.handle(&pk)
 		putBuf(bp)
 		if !cont {
 			abnormal = !normal
-			return
+			return true
 		}
 	}
+}
+
+// nextByte reads the first byte of the next packet. With idle waiting it
+// reads only a byte that is already at hand, in crypto/tls's buffers or in
+// the socket's, and otherwise reports idle.
+func (ss *session) nextByte() (b byte, idle bool, err error) {
+	if ss.idleWait != nil {
+		// An expired deadline fails a socket read before any system call,
+		// so this yields only what crypto/tls holds already (it keeps a
+		// partly read record across such a timeout).
+		ss.conn.SetReadDeadline(time.Now())
+		n, err := ss.conn.Read(ss.hdr[:])
+		if n == 1 {
+			return ss.hdr[0], false, nil
+		}
+		var ne net.Error
+		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+			return 0, false, err
+		}
+		if ss.closing.Load() {
+			return 0, false, net.ErrClosed
+		}
+		ss.setKeepAliveDeadline()
+		if !ss.readable() {
+			return 0, true, nil
+		}
+	} else {
+		ss.setKeepAliveDeadline()
+	}
+	b, err = ss.ReadByte()
+	return b, false, err
+}
+
+// setKeepAliveDeadline lets a read wait 1.5 keep-alive periods, as MQTT
+// says, or forever without keep-alive.
+func (ss *session) setKeepAliveDeadline() {
+	if ss.keepAlive > 0 {
+		ss.conn.SetReadDeadline(time.Now().Add(ss.keepAlive * 3 / 2))
+	} else {
+		ss.conn.SetReadDeadline(time.Time{})
+	}
+}
+
+// prefixedByteReader yields first, then reads from r.
+type prefixedByteReader struct {
+	first byte
+	used  bool
+	r     io.ByteReader
+}
+
+func (p *prefixedByteReader) ReadByte() (byte, error) {
+	if !p.used {
+		p.used = true
+		return p.first, nil
+	}
+	return p.r.ReadByte()
 }
 
 func (ss *session) readFailed(err error) {
