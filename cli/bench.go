@@ -201,6 +201,10 @@ func issueBenchDevices(ca *pki.CA, roots *x509.CertPool, n int, prefix string) (
 								Leaf:        cert,
 							}},
 							ClientSessionCache: nil, // every handshake in full
+							// What an ESP32's mbedTLS offers; Go's default would
+							// also make a post-quantum key share on every
+							// handshake, load-generator work neither server uses.
+							CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256},
 						}}
 					}
 				}

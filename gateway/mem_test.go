@@ -110,6 +110,8 @@ func BenchmarkIdleConnections(b *testing.B) {
 		}
 		return nil
 	})
+	// Sessions hand their wait to a small goroutine after idleAfter.
+	time.Sleep(idleAfter + 500*time.Millisecond)
 	heap1, stack1 := heapAndStacks()
 	if path := os.Getenv("THINGLINE_GW_HEAPPROFILE"); path != "" {
 		f, err := os.Create(path)

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,6 +63,9 @@ type Server struct {
 	timeout time.Duration
 
 	maxPacket int // largest PUBLISH read into memory
+
+	packets    atomic.Uint64 // packets read from devices since start
+	handshakes atomic.Uint64 // TLS handshakes attempted since start
 
 	revMu   sync.RWMutex // leaf lock
 	revoked map[string]struct{}
@@ -440,6 +444,12 @@ func (s *Server) refuse(addr string, r *refusal) {
 	s.event(store.Event{Device: r.device, Kind: store.EventRefused, Reason: r.reason, Addr: addr, Detail: r.detail()})
 }
 
+// Packets is the number of MQTT packets read from devices since start.
+func (s *Server) Packets() uint64 { return s.packets.Load() }
+
+// Handshakes is the number of TLS handshakes attempted since start.
+func (s *Server) Handshakes() uint64 { return s.handshakes.Load() }
+
 // serveConn runs one connection: handshake, CONNECT, then the session.
 func (s *Server) serveConn(c net.Conn) {
 	released, handedOff := false, false
@@ -464,6 +474,7 @@ func (s *Server) serveConn(c net.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
+	s.handshakes.Add(1)
 	release()
 	if err != nil {
 		var r *refusal

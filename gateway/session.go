@@ -401,15 +401,11 @@ func (ss *session) start() (ok bool) {
 // and the connection supports it, the wait is handed to a goroutine with a
 // small stack (see idleWaiter) and this one ends.
 func (ss *session) serve(c net.Conn) {
-	s := ss.srv
-	for {
-		if ended := ss.loop(); ended {
-			s.endConn(c)
-			return
-		}
-		go ss.waitThenServe(c)
+	if ended := ss.loop(); ended {
+		ss.srv.endConn(c)
 		return
 	}
+	go ss.waitThenServe(c)
 }
 
 // waitThenServe waits until the device sends again (or the keep-alive
@@ -471,6 +467,7 @@ func (ss *session) loop() (ended bool) {
 			ss.close(codeMalformed, "malformed packet")
 			return true
 		}
+		s.packets.Add(1)
 		cont, normal := ss.handle(&pk)
 		putBuf(bp)
 		if !cont {
@@ -480,35 +477,40 @@ func (ss *session) loop() (ended bool) {
 	}
 }
 
-// nextByte reads the first byte of the next packet. With idle waiting it
-// reads only a byte that is already at hand, in crypto/tls's buffers or in
-// the socket's, and otherwise reports idle.
+// idleAfter is how long a session waits for the next packet inside the
+// TLS read before handing the wait to a small goroutine (see socketWatch).
+// A device in conversation (pipelined telemetry, an RPC exchange) answers
+// sooner and never pays for the hand-off; a quiet one stops holding the
+// reading goroutine's stack.
+const idleAfter = 250 * time.Millisecond
+
+// nextByte reads the first byte of the next packet, or reports idle when
+// the device has been quiet for idleAfter and the wait can be handed off.
 func (ss *session) nextByte() (b byte, idle bool, err error) {
-	if ss.idleWait != nil {
-		// An expired deadline fails a socket read before any system call,
-		// so this yields only what crypto/tls holds already (it keeps a
-		// partly read record across such a timeout).
-		ss.conn.SetReadDeadline(time.Now())
-		n, err := ss.conn.Read(ss.hdr[:])
-		if n == 1 {
-			return ss.hdr[0], false, nil
-		}
-		var ne net.Error
-		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
-			return 0, false, err
-		}
-		if ss.closing.Load() {
-			return 0, false, net.ErrClosed
-		}
-		ss.setKeepAliveDeadline()
-		if !ss.readable() {
-			return 0, true, nil
-		}
-	} else {
-		ss.setKeepAliveDeadline()
+	var kaDeadline time.Time
+	if ss.keepAlive > 0 {
+		kaDeadline = time.Now().Add(ss.keepAlive * 3 / 2)
 	}
+	if ss.idleWait == nil || (!kaDeadline.IsZero() && kaDeadline.Before(time.Now().Add(idleAfter))) {
+		ss.conn.SetReadDeadline(kaDeadline)
+		b, err = ss.ReadByte()
+		return b, false, err
+	}
+	ss.conn.SetReadDeadline(time.Now().Add(idleAfter))
 	b, err = ss.ReadByte()
-	return b, false, err
+	var ne net.Error
+	if err == nil || !errors.As(err, &ne) || !ne.Timeout() || ss.closing.Load() {
+		return b, false, err
+	}
+	// Quiet for idleAfter. crypto/tls keeps a partly read record across a
+	// timeout, so the read can resume later, from this goroutine or
+	// another.
+	ss.conn.SetReadDeadline(kaDeadline)
+	if ss.readable() {
+		b, err = ss.ReadByte()
+		return b, false, err
+	}
+	return 0, true, nil
 }
 
 // setKeepAliveDeadline lets a read wait 1.5 keep-alive periods, as MQTT

@@ -68,6 +68,7 @@ type Node struct {
 	httpSrv  *http.Server
 	token    string // only set when the node made it or was given it
 	pkiDir   string
+	stopGC   context.CancelFunc
 	closeMu  sync.Mutex
 	closed   bool
 	serveErr chan error
@@ -180,6 +181,9 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
+	gcCtx, stopGC := context.WithCancel(context.Background())
+	n.stopGC = stopGC
+	go governGC(gcCtx, n.gw.Packets, n.gw.Handshakes, cfg.Logger)
 	go func() { n.serveErr <- n.gw.Serve(n.mqttLn) }()
 	go func() {
 		err := n.httpSrv.Serve(n.httpLn)
@@ -317,6 +321,9 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.closed = true
+	if n.stopGC != nil {
+		n.stopGC()
+	}
 	var errs []error
 	if n.httpSrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

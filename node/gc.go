@@ -1,0 +1,62 @@
+package node
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"runtime/debug"
+	"time"
+)
+
+// A node spends its memory on two very different loads. A fleet that is
+// mostly quiet is memory-bound: every idle connection's state sits in the
+// heap, and with the default GOGC=100 the heap may grow to twice that
+// before a collection. A busy node is CPU-bound, and frequent collections
+// would cost throughput. So, unless the operator set GOGC, the node
+// collects eagerly while the device traffic is light and at the default
+// rate while it is heavy. (Measured in docs/benchmarks.md.)
+const (
+	gcQuietPercent   = 40
+	gcBusyPercent    = 100
+	gcBusyPackets    = 2000 // packets per second above which the node is busy
+	gcBusyHandshakes = 50   // or handshakes per second: a reconnect storm allocates a lot
+	gcInterval       = 2 * time.Second
+)
+
+// governGC adjusts the GC target from the device traffic until ctx is done.
+func governGC(ctx context.Context, packets, handshakes func() uint64, log *slog.Logger) {
+	if os.Getenv("GOGC") != "" {
+		return
+	}
+	debug.SetGCPercent(gcQuietPercent)
+	current := gcQuietPercent
+	last, lastHS := packets(), handshakes()
+	t := time.NewTicker(gcInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n, hs := packets(), handshakes()
+		rate := float64(n-last) / gcInterval.Seconds()
+		hsRate := float64(hs-lastHS) / gcInterval.Seconds()
+		last, lastHS = n, hs
+		want := gcQuietPercent
+		if rate > gcBusyPackets || hsRate > gcBusyHandshakes {
+			want = gcBusyPercent
+		}
+		if want != current {
+			debug.SetGCPercent(want)
+			if want == gcQuietPercent {
+				// Without allocations no collection would come to apply
+				// the lower target: the garbage of the busy spell would
+				// stay resident for as long as the fleet stays quiet.
+				debug.FreeOSMemory()
+			}
+			log.Debug("node: GC target changed", "gogc", want, "packetsPerSecond", rate, "handshakesPerSecond", hsRate)
+			current = want
+		}
+	}
+}
