@@ -44,16 +44,17 @@ type benchOptions struct {
 
 // benchResult is one server's figures.
 type benchResult struct {
-	Server          string  `json:"server"`
-	HandshakesPerS  float64 `json:"handshakesPerSecond"`
-	HandshakeFailed int     `json:"handshakesFailed"`
-	MsgsPerS        float64 `json:"ackedMessagesPerSecond"`
-	Acked           int64   `json:"acked"`
-	P50Ms           float64 `json:"p50AckMs"`
-	P99Ms           float64 `json:"p99AckMs"`
-	IdleConns       int     `json:"idleConnections"`
-	KBPerConn       float64 `json:"kbPerIdleConnection"`
-	Lost            int64   `json:"lost"` // -1: not checkable (the server stores nothing)
+	Server             string  `json:"server"`
+	HandshakesPerS     float64 `json:"handshakesPerSecond"`
+	HandshakeFailed    int     `json:"handshakesFailed"`
+	MsgsPerS           float64 `json:"ackedMessagesPerSecond"`
+	Acked              int64   `json:"acked"`
+	P50Ms              float64 `json:"p50AckMs"`
+	P99Ms              float64 `json:"p99AckMs"`
+	IdleConns          int     `json:"idleConnections"`
+	IdleHandshakesPerS float64 `json:"idlePhaseHandshakesPerSecond"`
+	KBPerConn          float64 `json:"kbPerIdleConnection"`
+	Lost               int64   `json:"lost"` // -1: not checkable (the server stores nothing)
 }
 
 func newBenchCmd() *cobra.Command {
@@ -260,6 +261,7 @@ func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.De
 			return r, err
 		}
 		r.IdleConns = ih.Connected
+		r.IdleHandshakesPerS = ih.PerSecond()
 		if ih.Connected > 0 {
 			r.KBPerConn = float64(after-before) / float64(ih.Connected)
 		}
@@ -472,6 +474,7 @@ func printBench(out io.Writer, o benchOptions, rs []benchResult) {
 	row("p50 acknowledgement latency (ms)", func(r benchResult) float64 { return r.P50Ms }, "%.2f", false)
 	row("p99 acknowledgement latency (ms)", func(r benchResult) float64 { return r.P99Ms }, "%.2f", false)
 	if o.idle > 0 {
+		row(fmt.Sprintf("mTLS handshakes/s while opening the %d idle connections", o.idle), func(r benchResult) float64 { return r.IdleHandshakesPerS }, "%.0f", true)
 		row(fmt.Sprintf("KB per idle connection (%d)", o.idle), func(r benchResult) float64 { return r.KBPerConn }, "%.1f", false)
 	}
 	fmt.Fprintf(out, "\nlost acknowledged messages (thingline, checked through the API): %d of %d\n", rs[0].Lost, rs[0].Acked)

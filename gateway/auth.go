@@ -300,7 +300,10 @@ func (s *Server) unitUnknown(ctx context.Context, sn string) bool {
 	s.mu.Lock()
 	count, at := s.unitCount, s.unitCountAt
 	s.mu.Unlock()
-	if at.IsZero() || time.Since(at) > 10*time.Second {
+	// Units are never removed from the registry, so once it holds some the
+	// count only needs refreshing now and then; while it is empty it is
+	// asked every time, so that the first push takes effect at once.
+	if count == 0 || at.IsZero() || time.Since(at) > 10*time.Second {
 		n, err := s.st.CountUnits(ctx)
 		if err != nil {
 			s.log.Warn("gateway: counting units", "err", err)

@@ -529,6 +529,7 @@ func (s *Store) commitTx(batch []*op) (compact bool) {
 		return fail(fmt.Errorf("sqlite: beginning: %w", err))
 	}
 	var added []tailAdd
+	var sp, release, rollback *sql.Stmt
 	for _, o := range live {
 		compact = compact || o.compact
 		if o.fn == nil {
@@ -538,20 +539,30 @@ func (s *Store) commitTx(batch []*op) (compact bool) {
 			}
 			continue
 		}
-		if _, err := tx.ExecContext(ctx, "SAVEPOINT op"); err != nil {
+		if sp == nil {
+			// Prepared once per batch (and cached across batches by the
+			// driver): a statement without arguments would otherwise be
+			// parsed again for every operation.
+			if sp, release, rollback, err = prepareSavepoints(ctx, tx); err != nil {
+				tx.Rollback()
+				s.nextSeq = seq0
+				return fail(err)
+			}
+		}
+		if _, err := sp.ExecContext(ctx); err != nil {
 			tx.Rollback()
 			s.nextSeq = seq0
 			return fail(fmt.Errorf("sqlite: savepoint: %w", err))
 		}
 		o.err = o.fn(ctx, tx)
 		if o.err != nil {
-			if _, err := tx.ExecContext(ctx, "ROLLBACK TO op"); err != nil {
+			if _, err := rollback.ExecContext(ctx); err != nil {
 				tx.Rollback()
 				s.nextSeq = seq0
 				return fail(fmt.Errorf("sqlite: rolling back: %w", err))
 			}
 		}
-		if _, err := tx.ExecContext(ctx, "RELEASE op"); err != nil {
+		if _, err := release.ExecContext(ctx); err != nil {
 			tx.Rollback()
 			s.nextSeq = seq0
 			return fail(fmt.Errorf("sqlite: releasing savepoint: %w", err))
@@ -588,6 +599,21 @@ func (s *Store) commitTx(batch []*op) (compact bool) {
 	s.syncBusy.Store(true)
 	s.syncq <- live
 	return compact
+}
+
+// prepareSavepoints prepares the statements that isolate one operation of
+// a batch from the others.
+func prepareSavepoints(ctx context.Context, tx *sql.Tx) (sp, release, rollback *sql.Stmt, err error) {
+	if sp, err = tx.PrepareContext(ctx, "SAVEPOINT op"); err != nil {
+		return nil, nil, nil, fmt.Errorf("sqlite: preparing savepoint: %w", err)
+	}
+	if release, err = tx.PrepareContext(ctx, "RELEASE op"); err != nil {
+		return nil, nil, nil, fmt.Errorf("sqlite: preparing release: %w", err)
+	}
+	if rollback, err = tx.PrepareContext(ctx, "ROLLBACK TO op"); err != nil {
+		return nil, nil, nil, fmt.Errorf("sqlite: preparing rollback: %w", err)
+	}
+	return sp, release, rollback, nil
 }
 
 // syncer acknowledges committed batches once the WAL holding them is on
