@@ -186,7 +186,10 @@ func New(cfg Config) (*Server, error) {
 		s.unsubscribe()
 		return nil, err
 	}
-	for range 4 {
+	// Several writers, so that the store's group commit can put many
+	// events in one transaction: a few writers waiting for each commit in
+	// turn could not keep up with a reconnect storm.
+	for range eventWriters {
 		s.evWG.Add(1)
 		go s.writeEvents()
 	}
@@ -421,6 +424,9 @@ func (s *Server) limited(addr, reason string) bool {
 	w.n++
 	return w.n > s.cfg.RefusalEventsPerMinute
 }
+
+// eventWriters is how many events may be on their way to the store at once.
+const eventWriters = 32
 
 func (s *Server) writeEvents() {
 	defer s.evWG.Done()
