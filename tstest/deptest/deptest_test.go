@@ -1,0 +1,58 @@
+// Package deptest keeps the package graph the shape docs/architecture.md
+// describes: data flows device → gateway → store and commands API → bus →
+// gateway, the factory and device sides never reach into the cloud's
+// internals, and the vocabulary packages depend on nothing of ours.
+package deptest
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const mod = "github.com/thingline/thingline/"
+
+// forbidden maps a package to the packages of ours it must not import,
+// directly or indirectly.
+var forbidden = map[string][]string{
+	"store":     {"gateway", "api", "node", "bus", "twin", "factory"},
+	"bus":       {"gateway", "api", "node", "store", "twin", "factory"},
+	"gateway":   {"api", "node", "twin", "factory", "store/sqlite", "store/postgres", "bus/inproc", "bus/nats"},
+	"api":       {"gateway", "node", "twin", "store/sqlite", "store/postgres", "bus/inproc", "bus/nats"},
+	"pki":       {"gateway", "api", "node", "store", "bus", "twin", "factory"},
+	"spiffs":    {"gateway", "api", "node", "store", "bus", "twin", "factory", "pki"},
+	"parttable": {"gateway", "api", "node", "store", "bus", "twin", "factory", "pki", "spiffs"},
+	"protocomm": {"gateway", "api", "node", "store", "bus", "twin", "factory"},
+	"wifiprov":  {"gateway", "api", "node", "store", "bus", "twin", "factory"},
+	// The twin is a device: it reaches the cloud only over the network.
+	"twin":    {"gateway", "api", "node", "store", "bus"},
+	"factory": {"gateway", "node", "twin", "bus", "store/sqlite", "store/postgres"},
+	"loadgen": {"gateway", "api", "node", "store", "bus", "twin", "factory"},
+}
+
+func TestForbiddenImports(t *testing.T) {
+	for pkg, bad := range forbidden {
+		out, err := exec.Command("go", "list", "-deps", "-json=ImportPath", mod+pkg).Output()
+		if err != nil {
+			t.Fatalf("go list %s: %v", pkg, err)
+		}
+		deps := map[string]bool{}
+		dec := json.NewDecoder(strings.NewReader(string(out)))
+		for dec.More() {
+			var p struct{ ImportPath string }
+			if err := dec.Decode(&p); err != nil {
+				t.Fatal(err)
+			}
+			deps[strings.TrimPrefix(p.ImportPath, mod)] = true
+		}
+		if !deps[pkg] {
+			t.Fatalf("go list %s did not list the package itself", pkg)
+		}
+		for _, b := range bad {
+			if deps[b] {
+				t.Errorf("%s imports %s (directly or not): see docs/architecture.md", pkg, b)
+			}
+		}
+	}
+}
