@@ -82,7 +82,7 @@ the acknowledged ones not found.`,
 	f.IntVar(&o.window, "window", 4, "QoS 1 messages in flight per device")
 	f.IntVar(&o.concurrency, "concurrency", 32, "handshakes in progress at once")
 	f.IntVar(&o.idle, "idle", 15000, "idle connections for the memory phase (0 skips it)")
-	f.DurationVar(&o.settle, "settle", 3*time.Second, "wait after opening the idle connections before reading the server's memory")
+	f.DurationVar(&o.settle, "settle", 5*time.Second, "wait before each reading of the server's memory (after the load, after opening the idle connections)")
 	f.StringVar(&o.mosquitto, "mosquitto", "auto", "auto (if installed), off, or the path of the mosquitto binary")
 	f.StringVar(&o.work, "work", "", "working directory (default: a temporary one, removed afterwards)")
 	f.BoolVar(&o.jsonOut, "json", false, "print the results as JSON")
@@ -248,7 +248,7 @@ func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.De
 		r.Lost = lost(idx, pr.AckedPerConn, base)
 	}
 	if o.idle > 0 {
-		time.Sleep(2 * time.Second) // let the server settle after the load
+		time.Sleep(o.settle) // let the server settle after the load, as after the idle storm
 		before, err := rssKB(pid)
 		if err != nil {
 			return r, err

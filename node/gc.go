@@ -20,7 +20,8 @@ const (
 	gcBusyPercent    = 100
 	gcBusyPackets    = 2000 // packets per second above which the node is busy
 	gcBusyHandshakes = 50   // or handshakes per second: a reconnect storm allocates a lot
-	gcInterval       = 2 * time.Second
+	gcInterval       = time.Second
+	gcQuietAfter     = 3 // intervals of light traffic before collecting eagerly
 )
 
 // governGC adjusts the GC target from the device traffic until ctx is done.
@@ -28,8 +29,10 @@ func governGC(ctx context.Context, packets, handshakes func() uint64, log *slog.
 	if os.Getenv("GOGC") != "" {
 		return
 	}
-	debug.SetGCPercent(gcQuietPercent)
-	current := gcQuietPercent
+	// Start busy: a node that has just started usually faces its whole
+	// fleet reconnecting.
+	debug.SetGCPercent(gcBusyPercent)
+	current, quiet := gcBusyPercent, 0
 	last, lastHS := packets(), handshakes()
 	t := time.NewTicker(gcInterval)
 	defer t.Stop()
@@ -43,9 +46,11 @@ func governGC(ctx context.Context, packets, handshakes func() uint64, log *slog.
 		rate := float64(n-last) / gcInterval.Seconds()
 		hsRate := float64(hs-lastHS) / gcInterval.Seconds()
 		last, lastHS = n, hs
-		want := gcQuietPercent
+		want := gcBusyPercent
 		if rate > gcBusyPackets || hsRate > gcBusyHandshakes {
-			want = gcBusyPercent
+			quiet = 0
+		} else if quiet++; quiet >= gcQuietAfter {
+			want = gcQuietPercent
 		}
 		if want != current {
 			debug.SetGCPercent(want)
