@@ -467,6 +467,8 @@ func (s *Server) addUnits(w http.ResponseWriter, r *http.Request) error {
 	if err := s.cfg.Store.AddUnits(r.Context(), req.Units); err != nil {
 		return err
 	}
+	// Gateways cache whether the registry is in use; tell them it grew.
+	s.cfg.Bus.Publish(r.Context(), bus.TopicDevices, []byte(`{"op":"units-added"}`))
 	writeJSON(w, http.StatusOK, map[string]int{"accepted": len(req.Units)})
 	return nil
 }

@@ -44,7 +44,7 @@ type Handler func(ctx context.Context, cmd Command) (json.RawMessage, error)
 const (
 	TopicSessions    = "sessions"    // a node opened a session: {"device":..,"node":..,"addr":..,"session":..}
 	TopicRevocations = "revocations" // a serial was revoked: store.Revocation
-	TopicDevices     = "devices"     // a device changed: {"device":..,"op":"deleted"}
+	TopicDevices     = "devices"     // a device changed: {"device":..,"op":"deleted"}, or {"op":"units-added"}
 	TopicTelemetry   = "telemetry"   // live telemetry for consoles: {"device":..,"ts":..,"values":{..}}
 )
 

@@ -302,8 +302,9 @@ func (s *Server) unitUnknown(ctx context.Context, sn string) bool {
 	s.mu.Unlock()
 	// Units are never removed from the registry, so once it holds some the
 	// count only needs refreshing now and then; while it is empty it is
-	// asked every time, so that the first push takes effect at once.
-	if count == 0 || at.IsZero() || time.Since(at) > 10*time.Second {
+	// asked again after a second, so that the first push takes effect at
+	// once without a query per connection in a reconnect storm.
+	if at.IsZero() || time.Since(at) > 10*time.Second || (count == 0 && time.Since(at) > time.Second) {
 		n, err := s.st.CountUnits(ctx)
 		if err != nil {
 			s.log.Warn("gateway: counting units", "err", err)

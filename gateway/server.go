@@ -252,7 +252,18 @@ func (s *Server) onDeviceNotice(data []byte) {
 		Device string `json:"device"`
 		Op     string `json:"op"`
 	}
-	if json.Unmarshal(data, &n) != nil || n.Op != "deleted" {
+	if json.Unmarshal(data, &n) != nil {
+		return
+	}
+	if n.Op == "units-added" {
+		// The factory registry grew: count it again at the next
+		// connection (see unitUnknown).
+		s.mu.Lock()
+		s.unitCountAt = time.Time{}
+		s.mu.Unlock()
+		return
+	}
+	if n.Op != "deleted" {
 		return
 	}
 	s.mu.Lock()
