@@ -55,6 +55,8 @@ type benchResult struct {
 	IdleHandshakesPerS float64 `json:"idlePhaseHandshakesPerSecond"`
 	KBPerConn          float64 `json:"kbPerIdleConnection"`
 	Lost               int64   `json:"lost"` // -1: not checkable (the server stores nothing)
+	CPUPerHandshake    float64 `json:"serverCpuMsPerHandshake"`
+	CPUPerMessage      float64 `json:"serverCpuUsPerMessage"`
 }
 
 func newBenchCmd() *cobra.Command {
@@ -229,7 +231,12 @@ func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.De
 	logf func(string, ...any), lost func(conns []int, acked []int64, base int64) int64) (benchResult, error) {
 	r := benchResult{Server: name, Lost: -1}
 	logf("%s: %d handshakes, %d at a time", name, o.devices, o.concurrency)
+	cpu0, _ := cpuSeconds(pid)
 	conns, idx, hs := loadgen.Connect(ctx, addr, devs[:o.devices], o.concurrency)
+	cpu1, _ := cpuSeconds(pid)
+	if hs.Connected > 0 {
+		r.CPUPerHandshake = (cpu1 - cpu0) * 1000 / float64(hs.Connected)
+	}
 	r.HandshakesPerS, r.HandshakeFailed = hs.PerSecond(), hs.Failed
 	if hs.Connected == 0 {
 		return r, fmt.Errorf("%s: no device could connect: %v", name, hs.FirstErr)
@@ -240,6 +247,10 @@ func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.De
 	logf("%s: %.0f handshakes/s; publishing QoS 1 for %v", name, r.HandshakesPerS, o.duration)
 	base := time.Now().Add(-24 * time.Hour).UnixMilli()
 	pr := loadgen.Publish(ctx, conns, "v1/devices/me/telemetry", base, o.duration, o.window)
+	cpu2, _ := cpuSeconds(pid)
+	if pr.Acked > 0 {
+		r.CPUPerMessage = (cpu2 - cpu1) * 1e6 / float64(pr.Acked)
+	}
 	r.MsgsPerS, r.Acked = pr.PerSecond(), pr.Acked
 	r.P50Ms, r.P99Ms = float64(pr.P50.Microseconds())/1000, float64(pr.P99.Microseconds())/1000
 	logf("%s: %s", name, pr)
@@ -271,6 +282,23 @@ func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.De
 		}
 	}
 	return r, nil
+}
+
+// cpuSeconds is the CPU time (user + system) the process has used.
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name may hold spaces; the fields that follow it do not.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	const ticks = 100 // USER_HZ on Linux
+	return (utime + stime) / ticks, nil
 }
 
 func rssKB(pid int) (int64, error) {
@@ -471,6 +499,8 @@ func printBench(out io.Writer, o benchOptions, rs []benchResult) {
 	}
 	row("mTLS handshakes/s (P-256)", func(r benchResult) float64 { return r.HandshakesPerS }, "%.0f", true)
 	row("acknowledged QoS 1 messages/s", func(r benchResult) float64 { return r.MsgsPerS }, "%.0f", true)
+	row("server CPU per handshake (ms)", func(r benchResult) float64 { return r.CPUPerHandshake }, "%.2f", false)
+	row("server CPU per acknowledged message (µs)", func(r benchResult) float64 { return r.CPUPerMessage }, "%.1f", false)
 	row("p50 acknowledgement latency (ms)", func(r benchResult) float64 { return r.P50Ms }, "%.2f", false)
 	row("p99 acknowledgement latency (ms)", func(r benchResult) float64 { return r.P99Ms }, "%.2f", false)
 	if o.idle > 0 {
