@@ -67,3 +67,11 @@ type Bus interface {
 	Subscribe(topic string, fn func(data []byte)) (stop func(), err error)
 	Close() error
 }
+
+// Watcher is implemented by buses that know whether anyone listens on a
+// topic, so that a publisher can skip building a notice nobody reads (live
+// telemetry when no console is open). A networked bus cannot know about
+// other nodes and does not implement it.
+type Watcher interface {
+	Watched(topic string) bool
+}

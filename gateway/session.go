@@ -133,6 +133,7 @@ type session struct {
 	// (see socketWatch); nil when it cannot be watched that way.
 	readable func() bool
 	idleWait func() error
+	rdl      time.Time // the read deadline last set by the reading goroutine
 
 	closing   atomic.Bool
 	closeOnce sync.Once
@@ -152,8 +153,31 @@ func newSession(s *Server, c *tls.Conn, addr string) *session {
 var errMalformed = errors.New("malformed packet")
 
 func (ss *session) ReadByte() (byte, error) {
-	_, err := io.ReadFull(ss.conn, ss.hdr[:])
+	err := ss.readFull(ss.hdr[:])
 	return ss.hdr[0], err
+}
+
+// readFull reads len(b) bytes. Within a packet the read deadline may still
+// be the short one nextByte set for the packet's first byte: a packet that
+// arrives in pieces more slowly than that (a lossy Wi-Fi link) is then
+// waited for up to the keep-alive, as any read is. crypto/tls keeps what it
+// had read across the timeout.
+func (ss *session) readFull(b []byte) error {
+	got, extended := 0, false
+	for {
+		n, err := io.ReadFull(ss.conn, b[got:])
+		got += n
+		if err == nil {
+			return nil
+		}
+		var ne net.Error
+		if !extended && errors.As(err, &ne) && ne.Timeout() && !ss.closing.Load() {
+			extended = true
+			ss.setKeepAliveDeadline()
+			continue
+		}
+		return err
+	}
 }
 
 // readFixedHeader reads the fixed header straight from the TLS connection:
@@ -202,7 +226,7 @@ func (ss *session) readBody(n int) (*[]byte, error) {
 		}
 	}
 	*bp = (*bp)[:n]
-	if _, err := io.ReadFull(ss.conn, *bp); err != nil {
+	if err := ss.readFull(*bp); err != nil {
 		putBuf(bp)
 		return nil, err
 	}
@@ -444,7 +468,6 @@ func (ss *session) loop() (ended bool) {
 			ss.readFailed(err)
 			return true
 		}
-		ss.setKeepAliveDeadline()
 		fh, err := readFixedHeader(&prefixedByteReader{first: first, r: ss})
 		if err != nil {
 			ss.readFailed(err)
@@ -492,11 +515,16 @@ func (ss *session) nextByte() (b byte, idle bool, err error) {
 		kaDeadline = time.Now().Add(ss.keepAlive * 3 / 2)
 	}
 	if ss.idleWait == nil || (!kaDeadline.IsZero() && kaDeadline.Before(time.Now().Add(idleAfter))) {
-		ss.conn.SetReadDeadline(kaDeadline)
+		ss.setReadDeadline(kaDeadline)
 		b, err = ss.ReadByte()
 		return b, false, err
 	}
-	ss.conn.SetReadDeadline(time.Now().Add(idleAfter))
+	// The linger deadline is moved only when less than half of it is
+	// left (or a longer one is set): under load that is a few times a
+	// second per connection rather than once per packet.
+	if now := time.Now(); ss.rdl.Before(now.Add(idleAfter/2)) || ss.rdl.After(now.Add(idleAfter)) {
+		ss.setReadDeadline(now.Add(idleAfter))
+	}
 	b, err = ss.ReadByte()
 	var ne net.Error
 	if err == nil || !errors.As(err, &ne) || !ne.Timeout() || ss.closing.Load() {
@@ -505,7 +533,7 @@ func (ss *session) nextByte() (b byte, idle bool, err error) {
 	// Quiet for idleAfter. crypto/tls keeps a partly read record across a
 	// timeout, so the read can resume later, from this goroutine or
 	// another.
-	ss.conn.SetReadDeadline(kaDeadline)
+	ss.setReadDeadline(kaDeadline)
 	if ss.readable() {
 		b, err = ss.ReadByte()
 		return b, false, err
@@ -517,10 +545,17 @@ func (ss *session) nextByte() (b byte, idle bool, err error) {
 // says, or forever without keep-alive.
 func (ss *session) setKeepAliveDeadline() {
 	if ss.keepAlive > 0 {
-		ss.conn.SetReadDeadline(time.Now().Add(ss.keepAlive * 3 / 2))
+		ss.setReadDeadline(time.Now().Add(ss.keepAlive * 3 / 2))
 	} else {
-		ss.conn.SetReadDeadline(time.Time{})
+		ss.setReadDeadline(time.Time{})
 	}
+}
+
+// setReadDeadline sets the connection's read deadline and remembers it.
+// Only the goroutine reading the connection calls it.
+func (ss *session) setReadDeadline(t time.Time) {
+	ss.rdl = t
+	ss.conn.SetReadDeadline(t)
 }
 
 // prefixedByteReader yields first, then reads from r.
@@ -1038,6 +1073,9 @@ func (ss *session) ack(typ byte, w *work) *packets.Packet {
 // record: {"device":..,"ts":..,"values":{..}}. It is on the hot path, so
 // the JSON is assembled by hand from the already-valid value texts.
 func (ss *session) publishLive(ctx context.Context, recs []store.Record) {
+	if w, ok := ss.srv.bus.(bus.Watcher); ok && !w.Watched(bus.TopicTelemetry) {
+		return
+	}
 	name := appendJSONString(nil, ss.dev.Name)
 	for _, r := range recs {
 		n := len(name) + 48

@@ -24,7 +24,17 @@ type entry struct {
 	h  bus.Handler
 }
 
-var _ bus.Bus = (*Bus)(nil)
+var (
+	_ bus.Bus     = (*Bus)(nil)
+	_ bus.Watcher = (*Bus)(nil)
+)
+
+// Watched implements bus.Watcher.
+func (b *Bus) Watched(topic string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.subs[topic]) > 0
+}
 
 // New returns an empty in-process bus.
 func New() *Bus {

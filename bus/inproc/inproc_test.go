@@ -15,3 +15,22 @@ func TestConformance(t *testing.T) {
 		return b, b
 	})
 }
+
+func TestWatched(t *testing.T) {
+	b := inproc.New()
+	defer b.Close()
+	if b.Watched(bus.TopicTelemetry) {
+		t.Fatal("watched before any subscription")
+	}
+	stop, err := b.Subscribe(bus.TopicTelemetry, func([]byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.Watched(bus.TopicTelemetry) || b.Watched(bus.TopicDevices) {
+		t.Error("subscription not seen, or seen on the wrong topic")
+	}
+	stop()
+	if b.Watched(bus.TopicTelemetry) {
+		t.Error("still watched after the subscription stopped")
+	}
+}
