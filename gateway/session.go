@@ -134,6 +134,9 @@ type session struct {
 	readable func() bool
 	idleWait func() error
 	rdl      time.Time // the read deadline last set by the reading goroutine
+	// lingering: the packet being read began under the short idle deadline
+	// (nextByte), which readFull extends to the keep-alive if the rest is slow.
+	lingering bool
 
 	closing   atomic.Bool
 	closeOnce sync.Once
@@ -163,7 +166,7 @@ func (ss *session) ReadByte() (byte, error) {
 // waited for up to the keep-alive, as any read is. crypto/tls keeps what it
 // had read across the timeout.
 func (ss *session) readFull(b []byte) error {
-	got, extended := 0, false
+	got := 0
 	for {
 		n, err := io.ReadFull(ss.conn, b[got:])
 		got += n
@@ -171,9 +174,8 @@ func (ss *session) readFull(b []byte) error {
 			return nil
 		}
 		var ne net.Error
-		if !extended && errors.As(err, &ne) && ne.Timeout() && !ss.closing.Load() {
-			extended = true
-			ss.setKeepAliveDeadline()
+		if ss.lingering && errors.As(err, &ne) && ne.Timeout() && !ss.closing.Load() {
+			ss.setKeepAliveDeadline() // clears lingering: once only
 			continue
 		}
 		return err
@@ -525,7 +527,12 @@ func (ss *session) nextByte() (b byte, idle bool, err error) {
 	if now := time.Now(); ss.rdl.Before(now.Add(idleAfter/2)) || ss.rdl.After(now.Add(idleAfter)) {
 		ss.setReadDeadline(now.Add(idleAfter))
 	}
-	b, err = ss.ReadByte()
+	// A plain read: a timeout here means idle, not a slow packet.
+	_, err = io.ReadFull(ss.conn, ss.hdr[:])
+	b = ss.hdr[0]
+	// The rest of this packet is read under the linger deadline too, which
+	// readFull extends if the packet is slow to arrive.
+	ss.lingering = err == nil
 	var ne net.Error
 	if err == nil || !errors.As(err, &ne) || !ne.Timeout() || ss.closing.Load() {
 		return b, false, err
@@ -555,6 +562,7 @@ func (ss *session) setKeepAliveDeadline() {
 // Only the goroutine reading the connection calls it.
 func (ss *session) setReadDeadline(t time.Time) {
 	ss.rdl = t
+	ss.lingering = false
 	ss.conn.SetReadDeadline(t)
 }
 
