@@ -29,7 +29,7 @@ func TestSlowPacketAcrossIdleHandOff(t *testing.T) {
 	body = append(body, 0, 7) // packet id 7
 	body = append(body, payload...)
 	pkt := append([]byte{0x32, byte(len(body))}, body...) // PUBLISH, QoS 1
-	time.Sleep(idleAfter * 2) // idle first: the session hands off its wait
+	time.Sleep(idleAfter * 2)                             // idle first: the session hands off its wait
 	pieces := [][]byte{pkt[:1], pkt[1:5], pkt[5:]}
 	for _, p := range pieces {
 		if _, err := conn.Write(p); err != nil {
