@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -324,7 +323,10 @@ func (s *Server) rpc(w http.ResponseWriter, r *http.Request) error {
 	if len(params) == 0 {
 		params = json.RawMessage(`{}`)
 	}
-	payload, err := json.Marshal(map[string]json.RawMessage{"method": mustJSON(req.Method), "params": params})
+	payload, err := json.Marshal(struct {
+		Method string          `json:"method"`
+		Params json.RawMessage `json:"params"`
+	}{req.Method, params})
 	if err != nil {
 		return errorf(http.StatusBadRequest, "params: %v", err)
 	}
@@ -346,14 +348,6 @@ func (s *Server) rpc(w http.ResponseWriter, r *http.Request) error {
 	w.WriteHeader(http.StatusOK)
 	w.Write(reply)
 	return nil
-}
-
-func mustJSON(v any) json.RawMessage {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(fmt.Sprintf("api: marshalling %T: %v", v, err))
-	}
-	return b
 }
 
 func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
