@@ -334,16 +334,46 @@ func (ss *session) writeTimeout(d time.Duration, pks ...*packets.Packet) error {
 			buf.Truncate(mark)
 		}
 	}
-	if buf.Len() == 0 {
+	return ss.writeBytes(d, buf.Bytes())
+}
+
+// writeBytes writes encoded packets in one TLS record.
+func (ss *session) writeBytes(d time.Duration, b []byte) error {
+	if len(b) == 0 {
 		return nil
 	}
 	ss.writeMu.Lock()
 	defer ss.writeMu.Unlock()
 	ss.conn.SetWriteDeadline(time.Now().Add(d))
-	if _, err := ss.conn.Write(buf.Bytes()); err != nil {
+	if _, err := ss.conn.Write(b); err != nil {
 		return fmt.Errorf("gateway: writing to %s: %w", ss.addr, err)
 	}
 	return nil
+}
+
+// writePlainAcks writes successful PUBACKs and PUBRECs without the codec:
+// a type byte, remaining length 2 and the packet id, which MQTT 5 allows
+// too when the reason is success and there are no properties (3.4.2.1).
+// It is the one packet written per message under load.
+func (ss *session) writePlainAcks(q []*work) error {
+	buf := wbufPool.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 64*1024 {
+			buf.Reset()
+			wbufPool.Put(buf)
+		}
+	}()
+	for _, w := range q {
+		typ := byte(packets.Puback)
+		switch w.qos {
+		case 0:
+			continue
+		case 2:
+			typ = packets.Pubrec
+		}
+		buf.Write([]byte{typ << 4, 2, byte(w.pid >> 8), byte(w.pid)})
+	}
+	return ss.writeBytes(ss.srv.timeout, buf.Bytes())
 }
 
 func (ss *session) nextPID() uint16 { return uint16(ss.pid.Add(1)%65535 + 1) }
@@ -1042,17 +1072,32 @@ func (ss *session) process(q []*work) bool {
 	if ss.closing.Load() {
 		return true
 	}
-	var acks []*packets.Packet
+	// Almost always every acknowledgement is a bare success, 4 bytes each,
+	// written without building packets for the codec.
+	plain, n := true, 0
 	for _, w := range q {
-		switch w.qos {
-		case 1:
-			acks = append(acks, ss.ack(packets.Puback, w))
-		case 2:
-			acks = append(acks, ss.ack(packets.Pubrec, w))
+		if w.qos > 0 {
+			n++
+			plain = plain && (ss.ver != 5 || w.reason == codeSuccess)
 		}
 	}
-	if len(acks) > 0 {
-		if err := ss.write(acks...); err != nil {
+	if n > 0 {
+		var err error
+		if plain {
+			err = ss.writePlainAcks(q)
+		} else {
+			var acks []*packets.Packet
+			for _, w := range q {
+				switch w.qos {
+				case 1:
+					acks = append(acks, ss.ack(packets.Puback, w))
+				case 2:
+					acks = append(acks, ss.ack(packets.Pubrec, w))
+				}
+			}
+			err = ss.write(acks...)
+		}
+		if err != nil {
 			s.log.Debug("gateway: writing acks", "device", ss.dev.Name, "err", err)
 		}
 		now := time.Now()
