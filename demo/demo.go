@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/thingline/thingline/filelock"
 	"github.com/thingline/thingline/gateway"
 	"github.com/thingline/thingline/node"
 )
@@ -141,9 +142,14 @@ func Run(ctx context.Context, opt Options, out io.Writer) error {
 	if err := os.MkdirAll(opt.Dir, 0o700); err != nil {
 		return fmt.Errorf("demo: creating %s: %w", opt.Dir, err)
 	}
-	unlock, err := lockDir(opt.Dir)
+	// Two demos on one directory would share one SQLite file and take each
+	// other's twins' sessions over.
+	unlock, err := filelock.TryLock(filepath.Join(opt.Dir, ".lock"))
+	if errors.Is(err, filelock.ErrLocked) {
+		return fmt.Errorf("demo: %s is in use by another running demo (use --dir)", opt.Dir)
+	}
 	if err != nil {
-		return err
+		return fmt.Errorf("demo: %w", err)
 	}
 	defer unlock()
 	token, err := loadToken(filepath.Join(opt.Dir, tokenFile))

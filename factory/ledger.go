@@ -17,6 +17,8 @@ import (
 	"time"
 
 	_ "github.com/mattn/go-sqlite3" // the ledger is one SQLite file
+
+	"github.com/thingline/thingline/filelock"
 )
 
 // Station is a shopfloor station number.
@@ -300,7 +302,7 @@ func (l *Ledger) startRun() (*run, error) {
 	if err != nil {
 		return nil, fmt.Errorf("factory: creating run lock: %w", err)
 	}
-	if err := lockRun(f); err != nil {
+	if err := filelock.TryLockFile(f); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("factory: locking run: %w", err)
 	}
@@ -323,7 +325,7 @@ func (l *Ledger) runAlive(id string) bool {
 		return false // no lock file: the run is gone
 	}
 	defer f.Close()
-	return lockHeld(f)
+	return filelock.Held(f)
 }
 
 // Sweep marks abandoned every reservation whose run is no longer alive (its

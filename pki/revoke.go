@@ -13,6 +13,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/thingline/thingline/filelock"
 )
 
 // RevocationsFile is the CA directory's record of revoked serials; CRLs are
@@ -157,9 +159,9 @@ func saveRevocations(dir string, r *Revocations) error {
 // lock of the CA directory and saves the result, so that two stations
 // revoking at once cannot lose each other's entries.
 func updateRevocations(dir string, fn func(*Revocations) error) error {
-	unlock, err := lockDir(dir)
+	unlock, err := filelock.Lock(filepath.Join(dir, ".lock"))
 	if err != nil {
-		return err
+		return fmt.Errorf("pki: locking %s: %w", dir, err)
 	}
 	defer unlock()
 	r, err := LoadRevocations(dir)
