@@ -3,7 +3,6 @@ package loadgen
 import (
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"fmt"
 	"slices"
 	"strconv"
@@ -121,12 +120,13 @@ func Publish(ctx context.Context, conns []*Conn, topic string, base int64, d tim
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			slots := make(chan struct{}, window)
-			sentAt := make([]time.Time, 65536)
+			// The send times of the messages in flight, oldest first; its
+			// capacity is the window. PUBACKs come back in order (MQTT
+			// 4.6.0-2), so the oldest time belongs to the next PUBACK.
+			inflight := make(chan time.Time, window)
 			done := make(chan struct{})
 			var local []time.Duration
 			var n int64
-			// Reader: PUBACKs come back in order (MQTT 4.6).
 			go func() {
 				defer close(done)
 				for {
@@ -137,23 +137,20 @@ func Publish(ctx context.Context, conns []*Conn, topic string, base int64, d tim
 					if fh.Type != packets.Puback || len(body) < 2 {
 						continue
 					}
-					id := binary.BigEndian.Uint16(body)
-					local = append(local, time.Since(sentAt[id]))
+					local = append(local, time.Since(<-inflight))
 					n++
 					acked.Add(1)
-					<-slots
 					res.AckedPerConn[i] = n
 				}
 			}()
 			var seq int64
 			id := uint16(0)
 			for time.Now().Before(deadline) && ctx.Err() == nil {
-				slots <- struct{}{}
+				inflight <- time.Now()
 				id++
 				if id == 0 {
 					id = 1
 				}
-				sentAt[id] = time.Now()
 				if err := c.Publish(topic, 1, id, Payload(base, seq)); err != nil {
 					errs.Add(1)
 					break
@@ -161,11 +158,12 @@ func Publish(ctx context.Context, conns []*Conn, topic string, base int64, d tim
 				seq++
 				sent.Add(1)
 			}
-			// Drain: wait until every slot is free again, or give up.
+			// Drain: the window fills with placeholders only once every
+			// real message has been acknowledged (or give up).
 			drain := time.After(30 * time.Second)
 			for k := 0; k < window; k++ {
 				select {
-				case slots <- struct{}{}:
+				case inflight <- time.Time{}:
 				case <-drain:
 					k = window
 				case <-done:

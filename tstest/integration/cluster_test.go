@@ -59,7 +59,7 @@ func TestTwoNodesSharePostgresAndNATS(t *testing.T) {
 	attrs := make(chan string, 4)
 	lost := make(chan struct{})
 	onLost := func(mqtt.Client, error) { close(lost) }
-	c, err := connectWith(a, dev.CertPath, dev.KeyPath, "SN-CLUSTER", onLost)
+	c, err := a.connectWith(dev.CertPath, dev.KeyPath, "SN-CLUSTER", onLost)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func TestTwoNodesSharePostgresAndNATS(t *testing.T) {
 	}
 
 	// The device moves to node B: node A's session must end.
-	c2, err := connectWith(b, dev.CertPath, dev.KeyPath, "SN-CLUSTER", nil)
+	c2, err := b.connectWith(dev.CertPath, dev.KeyPath, "SN-CLUSTER", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,26 +121,6 @@ func TestTwoNodesSharePostgresAndNATS(t *testing.T) {
 	})
 }
 
-func connectWith(s *server, certFile, keyFile, clientID string, onLost mqtt.ConnectionLostHandler) (mqtt.Client, error) {
-	opts := mqtt.NewClientOptions().
-		AddBroker("ssl://" + s.mqttAddr).
-		SetClientID(clientID).
-		SetTLSConfig(s.tlsConfig(certFile, keyFile)).
-		SetAutoReconnect(false).
-		SetCleanSession(true).
-		SetProtocolVersion(4).
-		SetConnectTimeout(10 * time.Second)
-	if onLost != nil {
-		opts.SetConnectionLostHandler(onLost)
-	}
-	c := mqtt.NewClient(opts)
-	tok := c.Connect()
-	if !tok.WaitTimeout(15 * time.Second) {
-		return nil, fmt.Errorf("connect timed out")
-	}
-	return c, tok.Error()
-}
-
 // subscribeDevice makes c behave like firmware: shared attributes go to
 // attrs, RPC requests are answered with their method and params.
 func subscribeDevice(t *testing.T, c mqtt.Client, attrs chan<- string) {
@@ -155,7 +135,7 @@ func subscribeDevice(t *testing.T, c mqtt.Client, attrs chan<- string) {
 			Params json.RawMessage `json:"params"`
 		}
 		json.Unmarshal(m.Payload(), &req)
-		cl.Publish("v1/devices/me/rpc/response/"+id, 1, false, fmt.Sprintf(`{"method":%q,"params":%s}`, req.Method, req.Params))
+		cl.Publish("v1/devices/me/rpc/response/"+id, 1, false, fmt.Sprintf(`{"method":%q,"params":%s,"ok":true}`, req.Method, req.Params))
 	}); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe rpc: %v", tok.Error())
 	}

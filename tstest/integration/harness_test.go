@@ -202,6 +202,11 @@ func (s *server) tlsConfig(certFile, keyFile string) *tls.Config {
 // connect opens an MQTT 3.1.1 session (the firmware's esp-mqtt default)
 // with paho.
 func (s *server) connect(certFile, keyFile, clientID string) (mqtt.Client, error) {
+	return s.connectWith(certFile, keyFile, clientID, nil)
+}
+
+// connectWith is connect with a handler for the connection's loss.
+func (s *server) connectWith(certFile, keyFile, clientID string, onLost mqtt.ConnectionLostHandler) (mqtt.Client, error) {
 	opts := mqtt.NewClientOptions().
 		AddBroker("ssl://" + s.mqttAddr).
 		SetClientID(clientID).
@@ -212,6 +217,9 @@ func (s *server) connect(certFile, keyFile, clientID string) (mqtt.Client, error
 		SetProtocolVersion(4).
 		SetConnectTimeout(10 * time.Second).
 		SetWriteTimeout(10 * time.Second)
+	if onLost != nil {
+		opts.SetConnectionLostHandler(onLost)
+	}
 	c := mqtt.NewClient(opts)
 	tok := c.Connect()
 	if !tok.WaitTimeout(15 * time.Second) {

@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
-
 	"github.com/thingline/thingline/pki/pkitest"
 	"github.com/thingline/thingline/tstest"
 )
@@ -27,8 +25,6 @@ func TestServeFirstStart(t *testing.T) {
 	data := t.TempDir()
 	cmd := exec.Command(binary, "serve", "--data", data, "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "THINGLINE_ADMIN_TOKEN=")
-	s := &server{t: t, data: data, exited: make(chan struct{})}
-	_ = s
 	out := runUntilListening(t, cmd)
 	for _, f := range []string{"root-ca.crt", "device-ca.crt", "device-ca.key", "server.crt", "server.key"} {
 		if _, err := os.Stat(filepath.Join(data, "pki", f)); err != nil {
@@ -166,21 +162,7 @@ func TestDeviceLifeThroughAPI(t *testing.T) {
 	defer c.Disconnect(100)
 
 	attrs := make(chan string, 4)
-	if tok := c.Subscribe("v1/devices/me/attributes", 1, func(_ mqtt.Client, m mqtt.Message) { attrs <- string(m.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe attributes: %v", tok.Error())
-	}
-	if tok := c.Subscribe("v1/devices/me/rpc/request/+", 1, func(cl mqtt.Client, m mqtt.Message) {
-		id := m.Topic()[strings.LastIndex(m.Topic(), "/")+1:]
-		var req struct {
-			Method string          `json:"method"`
-			Params json.RawMessage `json:"params"`
-		}
-		json.Unmarshal(m.Payload(), &req)
-		reply := fmt.Sprintf(`{"method":%q,"params":%s,"ok":true}`, req.Method, req.Params)
-		cl.Publish("v1/devices/me/rpc/response/"+id, 1, false, reply)
-	}); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe rpc: %v", tok.Error())
-	}
+	subscribeDevice(t, c, attrs)
 
 	tok := c.Publish("v1/devices/me/telemetry", 1, false, `{"temperature":23.5,"humidity":56,"door":"open","ok":true}`)
 	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
