@@ -313,13 +313,8 @@ func (ss *session) write(pks ...*packets.Packet) error {
 }
 
 func (ss *session) writeTimeout(d time.Duration, pks ...*packets.Packet) error {
-	buf := wbufPool.Get().(*bytes.Buffer)
-	defer func() {
-		if buf.Cap() <= 64*1024 {
-			buf.Reset()
-			wbufPool.Put(buf)
-		}
-	}()
+	buf := getWriteBuf()
+	defer putWriteBuf(buf)
 	for _, pk := range pks {
 		pk.ProtocolVersion = ss.ver
 		if ss.noProblem {
@@ -335,6 +330,16 @@ func (ss *session) writeTimeout(d time.Duration, pks ...*packets.Packet) error {
 		}
 	}
 	return ss.writeBytes(d, buf.Bytes())
+}
+
+func getWriteBuf() *bytes.Buffer { return wbufPool.Get().(*bytes.Buffer) }
+
+// putWriteBuf returns buf to the pool, unless a large packet grew it.
+func putWriteBuf(buf *bytes.Buffer) {
+	if buf.Cap() <= 64*1024 {
+		buf.Reset()
+		wbufPool.Put(buf)
+	}
 }
 
 // writeBytes writes encoded packets in one TLS record.
@@ -356,13 +361,8 @@ func (ss *session) writeBytes(d time.Duration, b []byte) error {
 // too when the reason is success and there are no properties (3.4.2.1).
 // It is the one packet written per message under load.
 func (ss *session) writePlainAcks(q []*work) error {
-	buf := wbufPool.Get().(*bytes.Buffer)
-	defer func() {
-		if buf.Cap() <= 64*1024 {
-			buf.Reset()
-			wbufPool.Put(buf)
-		}
-	}()
+	buf := getWriteBuf()
+	defer putWriteBuf(buf)
 	for _, w := range q {
 		typ := byte(packets.Puback)
 		switch w.qos {
