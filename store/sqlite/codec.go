@@ -101,8 +101,9 @@ func splitKVs(b []byte) (kvs, rest []byte, err error) {
 	return b[:p], b[p:], nil
 }
 
-// eachKV calls fn for each key and value of encoded kvs. The slices alias b.
-func eachKV(b []byte, fn func(key string, value []byte)) error {
+// eachKV calls fn for each key and value of encoded kvs. The slices alias b;
+// keys come as bytes so that map lookups (m[string(key)]) need no copy.
+func eachKV(b []byte, fn func(key, value []byte)) error {
 	n, k := binary.Uvarint(b)
 	if k <= 0 || n > maxKVs {
 		return errCorrupt
@@ -119,7 +120,7 @@ func eachKV(b []byte, fn func(key string, value []byte)) error {
 		if k <= 0 || l > uint64(len(b)-p-k) {
 			return errCorrupt
 		}
-		fn(string(key), b[p+k:p+k+int(l)])
+		fn(key, b[p+k:p+k+int(l)])
 		p += k + int(l)
 	}
 	if p != len(b) {
@@ -157,8 +158,8 @@ func decodeChunk(data []byte) ([]store.Record, error) {
 	var out []store.Record
 	err = eachRecord(b, func(ts int64, kvs []byte) error {
 		r := store.Record{TS: ts}
-		err := eachKV(kvs, func(k string, v []byte) {
-			r.Values = append(r.Values, store.KV{Key: k, Value: append([]byte(nil), v...)})
+		err := eachKV(kvs, func(k, v []byte) {
+			r.Values = append(r.Values, store.KV{Key: string(k), Value: append([]byte(nil), v...)})
 		})
 		out = append(out, r)
 		return err

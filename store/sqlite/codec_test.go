@@ -90,7 +90,7 @@ func FuzzLogRecords(f *testing.F) {
 		n := 0
 		err := eachLogRecord(b, func(dev, ts int64, kvs []byte) {
 			n++
-			if err := eachKV(kvs, func(string, []byte) {}); err != nil {
+			if err := eachKV(kvs, func(_, _ []byte) {}); err != nil {
 				t.Fatalf("eachLogRecord passed on kvs that eachKV refuses: %v", err)
 			}
 		})

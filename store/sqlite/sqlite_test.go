@@ -2,11 +2,13 @@ package sqlite_test
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/thingline/thingline/store"
 	"github.com/thingline/thingline/store/sqlite"
@@ -163,4 +165,61 @@ func BenchmarkQuery(b *testing.B) {
 		}
 		b.Logf("database file: %d bytes for 1,000,000 records of 3 keys (%.1f bytes/record)", fi.Size(), float64(fi.Size())/1e6)
 	})
+}
+
+// TestMergeQuietBuckets checks when a past bucket's chunks are merged: not
+// while a device keeps writing backdated records into it (that would
+// rewrite the whole bucket at every compaction), but at the first
+// compaction that does not touch it.
+func TestMergeQuietBuckets(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "thingline.db")
+	s, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dev, _, _, err := s.EnsureDevice(ctx, store.Device{Name: "backfill"}, store.Credential{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := sql.Open("sqlite3", "file:"+path+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	chunks := func() (n int) {
+		t.Helper()
+		if err := raw.QueryRow("SELECT count(*) FROM chunk WHERE device=?", dev.ID).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// Two days ago, one hour's bucket, filled over three compactions.
+	base := time.Now().Add(-48*time.Hour).Truncate(time.Hour).UnixMilli() + 1000
+	for i := range 3 {
+		if err := s.AppendTelemetry(ctx, []store.Record{{DeviceID: dev.ID, TS: base + int64(i),
+			Values: []store.KV{{Key: "v", Value: json.RawMessage(strconv.Itoa(i))}}}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Compact(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := chunks(); got != i+1 {
+			t.Fatalf("after compaction %d of a bucket being written: %d chunks, want %d (not merged yet)", i+1, got, i+1)
+		}
+	}
+	if err := s.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := chunks(); got != 1 {
+		t.Errorf("after a compaction that left the bucket alone: %d chunks, want 1 (merged)", got)
+	}
+	got, err := s.QueryTelemetry(ctx, store.TelemetryQuery{DeviceID: dev.ID, Asc: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps := got["v"]; len(ps) != 3 || ps[0].TS != base || ps[2].TS != base+2 {
+		t.Errorf("merged bucket reads %v", ps)
+	}
 }

@@ -235,6 +235,7 @@ func (s *Store) compact(ctx context.Context) error {
 		ts int64
 		v  []byte
 	}
+	touched := map[[2]int64]bool{}
 	for _, d := range devs {
 		var ok bool
 		if err := exists.QueryRowContext(ctx, d).Scan(&ok); err != nil {
@@ -247,16 +248,18 @@ func (s *Store) compact(ctx context.Context) error {
 		// Group by bucket, keeping seq order inside each.
 		byBucket := map[int64][]tailRec{}
 		var buckets []int64
-		latest := map[string]lv{}
+		latest := map[string]*lv{}
 		for _, r := range recs {
 			b := bucketOf(r.ts)
 			if _, seen := byBucket[b]; !seen {
 				buckets = append(buckets, b)
 			}
 			byBucket[b] = append(byBucket[b], r)
-			eachKV(r.kvs, func(k string, v []byte) {
-				if cur, seen := latest[k]; !seen || r.ts >= cur.ts {
-					latest[k] = lv{r.ts, v}
+			eachKV(r.kvs, func(k, v []byte) {
+				if cur := latest[string(k)]; cur == nil {
+					latest[string(k)] = &lv{r.ts, v}
+				} else if r.ts >= cur.ts {
+					cur.ts, cur.v = r.ts, v
 				}
 			})
 		}
@@ -267,6 +270,7 @@ func (s *Store) compact(ctx context.Context) error {
 				return fmt.Errorf("sqlite: compacting: %w", err)
 			}
 			rs := byBucket[b]
+			touched[[2]int64{d, b}] = true
 			// Chunks written by one compaction never overlap; a bucket
 			// that already had one needs a merge once it is closed.
 			if !first {
@@ -295,7 +299,7 @@ func (s *Store) compact(ctx context.Context) error {
 	if _, err := tx.ExecContext(ctx, "UPDATE meta SET v=? WHERE k='compacted'", upTo); err != nil {
 		return fmt.Errorf("sqlite: compacting: %w", err)
 	}
-	if err := s.merge(ctx, tx, ins); err != nil {
+	if err := s.merge(ctx, tx, ins, touched); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
@@ -344,11 +348,13 @@ func insertChunks(ctx context.Context, ins *sql.Stmt, dev, bucket int64, rs []ta
 }
 
 // merge rewrites buckets holding several chunks into as few full chunks as
-// possible, once the bucket is in the past (a bucket still being written
-// would need merging again at every compaction).
-func (s *Store) merge(ctx context.Context, tx *sql.Tx, ins *sql.Stmt) error {
+// possible, once the bucket is in the past and was not written by this
+// compaction: a bucket still being written (the current hour, or a past
+// one a device is filling with backdated records) would need merging again
+// at every compaction, rewriting all its records each time.
+func (s *Store) merge(ctx context.Context, tx *sql.Tx, ins *sql.Stmt, touched map[[2]int64]bool) error {
 	now := bucketOf(time.Now().UnixMilli())
-	rows, err := tx.QueryContext(ctx, "SELECT device, bucket FROM dirty WHERE bucket < ? LIMIT ?", now, mergeBuckets)
+	rows, err := tx.QueryContext(ctx, "SELECT device, bucket FROM dirty WHERE bucket < ? LIMIT ?", now, mergeBuckets+len(touched))
 	if err != nil {
 		return fmt.Errorf("sqlite: merging: %w", err)
 	}
@@ -360,7 +366,9 @@ func (s *Store) merge(ctx context.Context, tx *sql.Tx, ins *sql.Stmt) error {
 			rows.Close()
 			return fmt.Errorf("sqlite: merging: %w", err)
 		}
-		todo = append(todo, x)
+		if !touched[[2]int64{x.d, x.b}] && len(todo) < mergeBuckets {
+			todo = append(todo, x)
+		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -459,12 +467,12 @@ func (s *Store) LatestTelemetry(ctx context.Context, deviceID int64, keys []stri
 		return nil, fmt.Errorf("sqlite: reading latest telemetry: %w", err)
 	}
 	for _, r := range t {
-		eachKV(r.kvs, func(k string, v []byte) {
-			if want != nil && !want[k] {
+		eachKV(r.kvs, func(k, v []byte) {
+			if want != nil && !want[string(k)] {
 				return
 			}
-			if cur, ok := out[k]; !ok || r.ts >= cur.TS {
-				out[k] = store.Point{TS: r.ts, Value: clone(v)}
+			if cur, ok := out[string(k)]; !ok || r.ts >= cur.TS {
+				out[string(k)] = store.Point{TS: r.ts, Value: clone(v)}
 			}
 		})
 	}
@@ -598,9 +606,9 @@ func newAccumulator(limit int, asc bool) *accumulator {
 func (a *accumulator) need(k string) { a.needed = append(a.needed, k) }
 
 func (a *accumulator) addRecord(ts int64, kvs []byte, want map[string]bool) {
-	eachKV(kvs, func(k string, v []byte) {
-		if want == nil || want[k] {
-			a.pts[k] = append(a.pts[k], store.Point{TS: ts, Value: clone(v)})
+	eachKV(kvs, func(k, v []byte) {
+		if want == nil || want[string(k)] {
+			a.pts[string(k)] = append(a.pts[string(k)], store.Point{TS: ts, Value: clone(v)})
 		}
 	})
 }
