@@ -104,6 +104,7 @@ type session struct {
 	noProblem bool   // MQTT 5 client asked for no reason strings
 	will      *packets.Packet
 	hdr       [1]byte
+	keys      keyCache // of the reading goroutine, for the JSON parser
 
 	pid atomic.Uint32 // outbound packet ids
 
@@ -869,7 +870,10 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 	kind, st, id := classifyPublish(pk.TopicName)
 	switch kind {
 	case pubTelemetry:
-		recs, err := ParseTelemetry(pk.Payload, s.now().UnixMilli())
+		if ss.keys == nil {
+			ss.keys = keyCache{}
+		}
+		recs, err := parseTelemetry(pk.Payload, s.now().UnixMilli(), ss.keys)
 		if err != nil {
 			return ss.reject(w, badPayload, codePayloadFormat, err.Error())
 		}
@@ -879,7 +883,7 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 		w.recs = recs
 		s.met.messages.WithLabelValues("telemetry").Inc()
 	case pubAttributes:
-		kv, err := ParseAttributes(pk.Payload)
+		kv, err := parseAttributes(pk.Payload, ss.keys)
 		if err != nil {
 			return ss.reject(w, badPayload, codePayloadFormat, err.Error())
 		}

@@ -20,7 +20,12 @@ import (
 //
 // The returned values never alias payload: the caller may reuse its buffer.
 func ParseTelemetry(payload []byte, now int64) ([]store.Record, error) {
-	p := parser{b: payload, arena: make([]byte, 0, len(payload))}
+	return parseTelemetry(payload, now, nil)
+}
+
+// parseTelemetry is ParseTelemetry with the session's key cache.
+func parseTelemetry(payload []byte, now int64, keys keyCache) ([]store.Record, error) {
+	p := parser{b: payload, arena: make([]byte, 0, len(payload)), keys: keys}
 	p.ws()
 	if p.i >= len(p.b) {
 		return nil, errors.New("empty payload")
@@ -77,7 +82,11 @@ func ParseTelemetry(payload []byte, now int64) ([]store.Record, error) {
 // ParseAttributes types a flat attributes object (client attributes
 // publish) with the same value rules as ParseTelemetry.
 func ParseAttributes(payload []byte) ([]store.KV, error) {
-	p := parser{b: payload, arena: make([]byte, 0, len(payload))}
+	return parseAttributes(payload, nil)
+}
+
+func parseAttributes(payload []byte, keys keyCache) ([]store.KV, error) {
+	p := parser{b: payload, arena: make([]byte, 0, len(payload)), keys: keys}
 	p.ws()
 	if p.peek() != '{' {
 		return nil, p.errf("attributes must be a JSON object")
@@ -109,6 +118,30 @@ type parser struct {
 	b     []byte
 	i     int
 	arena []byte // backing store of the returned values, one allocation per payload
+	keys  keyCache
+	// fbuf backs the fields of the object being parsed: a telemetry
+	// object rarely has more, and then parsing it grows no slice.
+	fbuf [8]field
+}
+
+// keyCache holds the key strings one device has sent. A device sends the
+// same few keys in every message; with the cache, parsing them allocates
+// nothing. It belongs to one session's reading goroutine (no lock) and
+// stops growing at maxCachedKeys, so a device inventing keys costs no
+// more than without it.
+type keyCache map[string]string
+
+const maxCachedKeys = 64
+
+func (c keyCache) intern(b []byte) string {
+	if s, ok := c[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if c != nil && len(c) < maxCachedKeys {
+		c[s] = s
+	}
+	return s
 }
 
 func (p *parser) peek() byte {
@@ -163,7 +196,7 @@ func (p *parser) record(now int64) (store.Record, error) {
 	if values.kind != 'o' {
 		return store.Record{}, errors.New("invalid payload: values must be an object")
 	}
-	sub := parser{b: p.b[:values.end], i: values.start, arena: p.arena}
+	sub := parser{b: p.b[:values.end], i: values.start, arena: p.arena, keys: p.keys}
 	vf, err := sub.object()
 	if err != nil {
 		return store.Record{}, err
@@ -231,7 +264,7 @@ func (p *parser) object() ([]field, error) {
 		return nil, p.errf("expected object")
 	}
 	p.i++
-	var fields []field
+	fields := p.fbuf[:0]
 	p.ws()
 	if p.peek() == '}' {
 		p.i++
@@ -246,7 +279,7 @@ func (p *parser) object() ([]field, error) {
 		if err := p.str(); err != nil {
 			return nil, err
 		}
-		key, err := decodeKey(p.b[ks:p.i])
+		key, err := p.decodeKey(p.b[ks:p.i])
 		if err != nil {
 			return nil, p.errf("bad key: %v", err)
 		}
@@ -275,9 +308,9 @@ func (p *parser) object() ([]field, error) {
 	}
 }
 
-func decodeKey(raw []byte) (string, error) {
+func (p *parser) decodeKey(raw []byte) (string, error) {
 	if bytes.IndexByte(raw, '\\') < 0 {
-		return string(raw[1 : len(raw)-1]), nil
+		return p.keys.intern(raw[1 : len(raw)-1]), nil
 	}
 	var s string
 	err := json.Unmarshal(raw, &s)
