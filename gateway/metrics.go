@@ -9,10 +9,13 @@ import (
 // metrics are the gateway's Prometheus series. They are created per Server
 // (not package globals) so tests can run several servers.
 type metrics struct {
-	sessions      prometheus.Gauge
-	handshakes    *prometheus.CounterVec // result: ok, refused, error
-	refusals      *prometheus.CounterVec // reason
-	messages      *prometheus.CounterVec // kind
+	sessions   prometheus.Gauge
+	handshakes *prometheus.CounterVec // result: ok, refused, error
+	refusals   *prometheus.CounterVec // reason
+	messages   *prometheus.CounterVec // kind
+	// byKind holds messages' counters resolved once: WithLabelValues hashes
+	// its labels under a lock, too dear once per message.
+	byKind        map[string]prometheus.Counter
 	rejected      *prometheus.CounterVec // reason
 	ackLatency    prometheus.Histogram
 	eventsDropped prometheus.Counter
@@ -49,6 +52,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "thingline", Subsystem: "gateway", Name: "events_dropped_total",
 			Help: "Audit events dropped because the event queue was full or the per-address limit was hit.",
 		}),
+	}
+	m.byKind = map[string]prometheus.Counter{}
+	for _, k := range []string{"telemetry", "attributes", "attribute-request", "rpc-response", "rpc-request"} {
+		m.byKind[k] = m.messages.WithLabelValues(k)
 	}
 	if reg == nil {
 		return m, nil

@@ -57,10 +57,13 @@ type Server struct {
 	node    string
 	log     *slog.Logger
 	now     func() time.Time
-	roots   *x509.CertPool
-	tlsConf *tls.Config
-	met     *metrics
-	timeout time.Duration
+	// realClock: now is time.Now, so a time already read can stand in for
+	// another call on the hot path.
+	realClock bool
+	roots     *x509.CertPool
+	tlsConf   *tls.Config
+	met       *metrics
+	timeout   time.Duration
 
 	maxPacket int // largest PUBLISH read into memory
 
@@ -141,6 +144,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.now == nil {
 		s.now = time.Now
+		s.realClock = true
 	}
 	if s.timeout <= 0 {
 		s.timeout = 10 * time.Second

@@ -109,6 +109,7 @@ type session struct {
 	pid atomic.Uint32 // outbound packet ids
 
 	writeMu sync.Mutex // leaf lock: one writer on conn at a time
+	wdl     time.Time  // the write deadline last set; guarded by writeMu
 
 	// mu guards the fields below. Lock order: Server.mu, then session.mu.
 	mu        sync.Mutex
@@ -350,7 +351,13 @@ func (ss *session) writeBytes(d time.Duration, b []byte) error {
 	}
 	ss.writeMu.Lock()
 	defer ss.writeMu.Unlock()
-	ss.conn.SetWriteDeadline(time.Now().Add(d))
+	// The deadline is moved only when less than half of d is left (or a
+	// shorter one was set), not for every write: a write still fails after
+	// d/2 to d of being stuck.
+	if now := time.Now(); ss.wdl.Before(now.Add(d/2)) || ss.wdl.After(now.Add(d)) {
+		ss.wdl = now.Add(d)
+		ss.conn.SetWriteDeadline(ss.wdl)
+	}
 	if _, err := ss.conn.Write(b); err != nil {
 		return fmt.Errorf("gateway: writing to %s: %w", ss.addr, err)
 	}
@@ -543,11 +550,12 @@ const idleAfter = 250 * time.Millisecond
 // nextByte reads the first byte of the next packet, or reports idle when
 // the device has been quiet for idleAfter and the wait can be handed off.
 func (ss *session) nextByte() (b byte, idle bool, err error) {
+	now := time.Now()
 	var kaDeadline time.Time
 	if ss.keepAlive > 0 {
-		kaDeadline = time.Now().Add(ss.keepAlive * 3 / 2)
+		kaDeadline = now.Add(ss.keepAlive * 3 / 2)
 	}
-	if ss.idleWait == nil || (!kaDeadline.IsZero() && kaDeadline.Before(time.Now().Add(idleAfter))) {
+	if ss.idleWait == nil || (!kaDeadline.IsZero() && kaDeadline.Before(now.Add(idleAfter))) {
 		ss.setReadDeadline(kaDeadline)
 		b, err = ss.ReadByte()
 		return b, false, err
@@ -555,7 +563,7 @@ func (ss *session) nextByte() (b byte, idle bool, err error) {
 	// The linger deadline is moved only when less than half of it is
 	// left (or a longer one is set): under load that is a few times a
 	// second per connection rather than once per packet.
-	if now := time.Now(); ss.rdl.Before(now.Add(idleAfter/2)) || ss.rdl.After(now.Add(idleAfter)) {
+	if ss.rdl.Before(now.Add(idleAfter/2)) || ss.rdl.After(now.Add(idleAfter)) {
 		ss.setReadDeadline(now.Add(idleAfter))
 	}
 	// A plain read: a timeout here means idle, not a slow packet.
@@ -730,8 +738,9 @@ func (ss *session) connect(pk *packets.Packet) (bool, error) {
 		return true, err
 	}
 	close(ss.ready)
-	// Past CONNECT: from now on the keep-alive governs the read deadline.
-	ss.conn.SetDeadline(time.Time{})
+	// Past CONNECT: from now on the keep-alive governs the read deadline
+	// (writeBytes keeps the write deadline).
+	ss.conn.SetReadDeadline(time.Time{})
 
 	if old != nil {
 		select {
@@ -862,7 +871,8 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 		ss.close(codeQoSNotSupported, "QoS 2 is not supported")
 		return false
 	}
-	w := &work{pid: pk.PacketID, qos: pk.FixedHeader.Qos, read: time.Now()}
+	read := time.Now()
+	w := &work{pid: pk.PacketID, qos: pk.FixedHeader.Qos, read: read}
 	if len(pk.Payload) > s.profile.MaxPayload {
 		return ss.reject(w, badTooLarge, codeQuotaExceeded,
 			fmt.Sprintf("payload of %d bytes exceeds the maximum of %d", len(pk.Payload), s.profile.MaxPayload))
@@ -873,7 +883,11 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 		if ss.keys == nil {
 			ss.keys = keyCache{}
 		}
-		recs, err := parseTelemetry(pk.Payload, s.now().UnixMilli(), ss.keys)
+		now := read
+		if !s.realClock {
+			now = s.now()
+		}
+		recs, err := parseTelemetry(pk.Payload, now.UnixMilli(), ss.keys)
 		if err != nil {
 			return ss.reject(w, badPayload, codePayloadFormat, err.Error())
 		}
@@ -881,14 +895,14 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 			recs[i].DeviceID = ss.dev.ID
 		}
 		w.recs = recs
-		s.met.messages.WithLabelValues("telemetry").Inc()
+		s.met.byKind["telemetry"].Inc()
 	case pubAttributes:
 		kv, err := parseAttributes(pk.Payload, ss.keys)
 		if err != nil {
 			return ss.reject(w, badPayload, codePayloadFormat, err.Error())
 		}
 		w.attrs = kv
-		s.met.messages.WithLabelValues("attributes").Inc()
+		s.met.byKind["attributes"].Inc()
 	case pubAttrRequest:
 		req, err := parseAttrRequest(pk.Payload)
 		if err != nil {
@@ -896,10 +910,10 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 		}
 		topic := attrResponseTopic(st, id)
 		w.fn = func(ctx context.Context) { ss.answerAttrRequest(ctx, topic, req) }
-		s.met.messages.WithLabelValues("attribute-request").Inc()
+		s.met.byKind["attribute-request"].Inc()
 	case pubRPCResponse:
 		ss.deliverRPC(id, pk.Payload)
-		s.met.messages.WithLabelValues("rpc-response").Inc()
+		s.met.byKind["rpc-response"].Inc()
 	case pubRPCRequest:
 		req, err := parseRPC(pk.Payload)
 		if err != nil {
@@ -907,7 +921,7 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 		}
 		topic := rpcResponseTopic(id)
 		w.fn = func(ctx context.Context) { ss.answerClientRPC(topic, req) }
-		s.met.messages.WithLabelValues("rpc-request").Inc()
+		s.met.byKind["rpc-request"].Inc()
 	case pubClaim:
 		w.reason, w.reasonStr = codeImplSpecific, "claiming is not supported"
 	case pubProvision:
