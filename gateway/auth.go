@@ -264,18 +264,15 @@ func (s *Server) authorize(ctx context.Context, leaf *x509.Certificate, addr str
 			return identity{}, s.newRefusal(ReasonStoreError, leaf, err)
 		}
 	}
-	dev, created, rotated, err := s.st.EnsureDevice(ctx, store.Device{
+	detail := certDetail(leaf)
+	// The provisioning or rotation event is written with the device, in
+	// one transaction: no device without its audit record, and one store
+	// round trip (and fsync) before CONNACK rather than two.
+	dev, _, _, err := s.st.EnsureDevice(ctx, store.Device{
 		Name: name, Profile: s.profile.Name, CreatedAt: now, FirstSeenAddr: addr,
-	}, credential(leaf, now))
+	}, credential(leaf, now), &store.Event{Device: name, Addr: addr, Node: s.node, Time: now, Detail: detail})
 	if err != nil {
 		return identity{}, s.newRefusal(ReasonStoreError, leaf, fmt.Errorf("ensuring device: %w", err))
-	}
-	detail := certDetail(leaf)
-	switch {
-	case created:
-		s.eventSync(ctx, store.Event{Device: name, Kind: store.EventProvisioned, Addr: addr, Detail: detail})
-	case rotated:
-		s.eventSync(ctx, store.Event{Device: name, Kind: store.EventRotation, Addr: addr, Detail: detail})
 	}
 	if s.unitUnknown(ctx, name) {
 		s.event(store.Event{Device: name, Kind: store.EventUnknownUnit, Addr: addr, Detail: detail})

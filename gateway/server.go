@@ -405,17 +405,6 @@ func (s *Server) event(e store.Event) {
 	}
 }
 
-// eventSync writes an event that must not be lost (provisioning, rotation).
-func (s *Server) eventSync(ctx context.Context, e store.Event) {
-	if e.Time.IsZero() {
-		e.Time = s.now()
-	}
-	e.Node = s.node
-	if err := s.st.AddEvent(ctx, e); err != nil {
-		s.log.Warn("gateway: writing event", "kind", e.Kind, "device", e.Device, "err", err)
-	}
-}
-
 // limited applies the per-IP, per-reason event limit, so that a flood of
 // refused connections or bad messages cannot fill the disk with events.
 // limited applies to a "host:port" or any other key (a device name).

@@ -66,8 +66,11 @@ type Devices interface {
 	// concurrent connections presenting the same name: it creates d when no
 	// device has d.Name (created=true), and records c as a credential of the
 	// device when its fingerprint is new (rotated=true for an existing
-	// device whose previous credential differs). It returns the stored device.
-	EnsureDevice(ctx context.Context, d Device, c Credential) (dev Device, created, rotated bool, err error)
+	// device whose previous credential differs). When ev is not nil and the
+	// device was created or rotated, ev is recorded in the same transaction
+	// as its Kind EventProvisioned or EventRotation: the fact and its audit
+	// record land together or not at all. It returns the stored device.
+	EnsureDevice(ctx context.Context, d Device, c Credential, ev *Event) (dev Device, created, rotated bool, err error)
 	GetDevice(ctx context.Context, name string) (Device, error)
 	GetDeviceByID(ctx context.Context, id int64) (Device, error)
 	ListDevices(ctx context.Context, opt ListOptions) ([]Device, error)

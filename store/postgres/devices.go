@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/thingline/thingline/store"
 )
@@ -117,12 +118,18 @@ func getDevice(ctx context.Context, q querier, where string, arg any) (store.Dev
 
 // EnsureDevice relies on the unique name: of two transactions inserting the
 // same new name, the second waits for the first and then finds its row.
-func (s *Store) EnsureDevice(ctx context.Context, d store.Device, c store.Credential) (dev store.Device, created, rotated bool, err error) {
+func (s *Store) EnsureDevice(ctx context.Context, d store.Device, c store.Credential, ev *store.Event) (dev store.Device, created, rotated bool, err error) {
 	if err := s.checkOpen(); err != nil {
 		return dev, false, false, err
 	}
 	if d.Name == "" {
 		return dev, false, false, errors.New("postgres: ensuring device: empty name")
+	}
+	var evDetail *string
+	if ev != nil {
+		if evDetail, err = eventDetail(*ev); err != nil {
+			return dev, false, false, fmt.Errorf("postgres: ensuring device: event %w", err)
+		}
 	}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		created, rotated = false, false
@@ -157,6 +164,16 @@ func (s *Store) EnsureDevice(ctx context.Context, d store.Device, c store.Creden
 				return err
 			}
 			rotated = inserted && !created
+		}
+		if ev != nil && (created || rotated) {
+			e := *ev
+			e.Kind = store.EventRotation
+			if created {
+				e.Kind = store.EventProvisioned
+			}
+			if err := insertEvent(ctx, tx, e, evDetail); err != nil {
+				return err
+			}
 		}
 		dev, err = getDevice(ctx, tx, "id=$1", id)
 		return err
@@ -416,20 +433,34 @@ func (s *Store) AddEvent(ctx context.Context, e store.Event) error {
 	if err := s.checkOpen(); err != nil {
 		return err
 	}
-	var detail *string
-	if len(e.Detail) > 0 {
-		if !json.Valid(e.Detail) {
-			return fmt.Errorf("postgres: adding event: detail: %w", errNotJSON)
-		}
-		d := string(e.Detail)
-		detail = &d
-	}
-	_, err := s.pool.Exec(ctx, "INSERT INTO events(time, device, kind, reason, addr, node, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-		toNS(orNow(e.Time)), e.Device, e.Kind, e.Reason, e.Addr, e.Node, detail)
+	detail, err := eventDetail(e)
 	if err != nil {
 		return fmt.Errorf("postgres: adding event: %w", err)
 	}
+	if err := insertEvent(ctx, s.pool, e, detail); err != nil {
+		return fmt.Errorf("postgres: adding event: %w", err)
+	}
 	return nil
+}
+
+// eventDetail checks an event's detail and gives it in the form stored.
+func eventDetail(e store.Event) (*string, error) {
+	if len(e.Detail) == 0 {
+		return nil, nil
+	}
+	if !json.Valid(e.Detail) {
+		return nil, fmt.Errorf("detail: %w", errNotJSON)
+	}
+	d := string(e.Detail)
+	return &d, nil
+}
+
+func insertEvent(ctx context.Context, q interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}, e store.Event, detail *string) error {
+	_, err := q.Exec(ctx, "INSERT INTO events(time, device, kind, reason, addr, node, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+		toNS(orNow(e.Time)), e.Device, e.Kind, e.Reason, e.Addr, e.Node, detail)
+	return err
 }
 
 func (s *Store) ListEvents(ctx context.Context, q store.EventQuery) ([]store.Event, error) {

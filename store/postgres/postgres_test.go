@@ -96,7 +96,7 @@ func TestConcurrentOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if _, _, _, err := s.EnsureDevice(context.Background(), store.Device{Name: "x"}, store.Credential{}); err != nil {
+	if _, _, _, err := s.EnsureDevice(context.Background(), store.Device{Name: "x"}, store.Credential{}, nil); err != nil {
 		t.Fatal(err)
 	}
 }

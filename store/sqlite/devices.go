@@ -101,9 +101,15 @@ func getDevice(ctx context.Context, q querier, where string, arg any) (store.Dev
 
 // EnsureDevice creates the device on first sight and records its credential.
 // It runs on the writer goroutine, which serializes it with every other write.
-func (s *Store) EnsureDevice(ctx context.Context, d store.Device, c store.Credential) (dev store.Device, created, rotated bool, err error) {
+func (s *Store) EnsureDevice(ctx context.Context, d store.Device, c store.Credential, ev *store.Event) (dev store.Device, created, rotated bool, err error) {
 	if d.Name == "" {
 		return dev, false, false, errors.New("sqlite: ensuring device: empty name")
+	}
+	var evDetail any
+	if ev != nil {
+		if evDetail, err = eventDetail(*ev); err != nil {
+			return dev, false, false, fmt.Errorf("sqlite: ensuring device: event %w", err)
+		}
 	}
 	err = s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		created, rotated = false, false
@@ -142,6 +148,16 @@ func (s *Store) EnsureDevice(ctx context.Context, d store.Device, c store.Creden
 					return err
 				}
 				rotated = !created
+			}
+		}
+		if ev != nil && (created || rotated) {
+			e := *ev
+			e.Kind = store.EventRotation
+			if created {
+				e.Kind = store.EventProvisioned
+			}
+			if err := insertEvent(ctx, tx, e, evDetail); err != nil {
+				return err
 			}
 		}
 		dev, err = getDevice(ctx, tx, "id=?", id)
@@ -244,9 +260,10 @@ func (s *Store) DeleteDevice(ctx context.Context, name string) error {
 	return nil
 }
 
-// execOne runs an update of an existing device.
+// execOne runs an update of an existing device: one statement, so no
+// savepoint is needed.
 func (s *Store) execOne(ctx context.Context, what string, id int64, q string, args ...any) error {
-	return s.deviceWrite(ctx, what, id, func(ctx context.Context, tx *sql.Tx) error {
+	return s.deviceWriteOp(ctx, what, id, true, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, q, args...)
 		return err
 	})
@@ -254,7 +271,11 @@ func (s *Store) execOne(ctx context.Context, what string, id int64, q string, ar
 
 // deviceWrite runs fn in the writer's transaction if the device exists.
 func (s *Store) deviceWrite(ctx context.Context, what string, id int64, fn func(ctx context.Context, tx *sql.Tx) error) error {
-	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	return s.deviceWriteOp(ctx, what, id, false, fn)
+}
+
+func (s *Store) deviceWriteOp(ctx context.Context, what string, id int64, single bool, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	err := s.do(ctx, &op{single: single, fn: func(ctx context.Context, tx *sql.Tx) error {
 		var ok bool
 		if err := tx.QueryRowContext(ctx, "SELECT EXISTS (SELECT 1 FROM devices WHERE id=?)", id).Scan(&ok); err != nil {
 			return err
@@ -263,7 +284,7 @@ func (s *Store) deviceWrite(ctx context.Context, what string, id int64, fn func(
 			return store.ErrNotFound
 		}
 		return fn(ctx, tx)
-	})
+	}})
 	if err != nil {
 		return fmt.Errorf("sqlite: %s of device %d: %w", what, id, err)
 	}
@@ -286,7 +307,7 @@ func (s *Store) SetOnline(ctx context.Context, id int64, node string, online boo
 }
 
 func (s *Store) ResetNode(ctx context.Context, node string) error {
-	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.writeSingle(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, "UPDATE devices SET online=0, node='' WHERE online AND node=?", node)
 		return err
 	})
@@ -405,22 +426,31 @@ func (s *Store) DeleteAttributes(ctx context.Context, deviceID int64, scope stor
 }
 
 func (s *Store) AddEvent(ctx context.Context, e store.Event) error {
-	var detail any
-	if len(e.Detail) > 0 {
-		if !json.Valid(e.Detail) {
-			return errors.New("sqlite: adding event: detail is not JSON")
-		}
-		detail = string(e.Detail)
+	detail, err := eventDetail(e)
+	if err == nil {
+		err = s.writeSingle(ctx, func(ctx context.Context, tx *sql.Tx) error { return insertEvent(ctx, tx, e, detail) })
 	}
-	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, "INSERT INTO events(time, device, kind, reason, addr, node, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
-			toNS(orNow(e.Time)), e.Device, e.Kind, e.Reason, e.Addr, e.Node, detail)
-		return err
-	})
 	if err != nil {
 		return fmt.Errorf("sqlite: adding event: %w", err)
 	}
 	return nil
+}
+
+// eventDetail checks an event's detail and gives it in the form stored.
+func eventDetail(e store.Event) (any, error) {
+	if len(e.Detail) == 0 {
+		return nil, nil
+	}
+	if !json.Valid(e.Detail) {
+		return nil, errors.New("detail is not JSON")
+	}
+	return string(e.Detail), nil
+}
+
+func insertEvent(ctx context.Context, tx *sql.Tx, e store.Event, detail any) error {
+	_, err := tx.ExecContext(ctx, "INSERT INTO events(time, device, kind, reason, addr, node, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+		toNS(orNow(e.Time)), e.Device, e.Kind, e.Reason, e.Addr, e.Node, detail)
+	return err
 }
 
 func (s *Store) ListEvents(ctx context.Context, q store.EventQuery) ([]store.Event, error) {

@@ -344,9 +344,13 @@ func (s *Store) migrate(ctx context.Context) error {
 // interrupting a statement inside a transaction makes SQLite roll back the
 // whole transaction, everybody's batch with it.
 type op struct {
-	ctx     context.Context
-	recs    []store.Record
-	fn      func(ctx context.Context, tx *sql.Tx) error
+	ctx  context.Context
+	recs []store.Record
+	fn   func(ctx context.Context, tx *sql.Tx) error
+	// single: fn changes the database with at most one statement. SQLite
+	// undoes a failed statement by itself, so fn needs no savepoint of its
+	// own to leave the batch's other operations intact.
+	single  bool
 	after   func() // run by the writer after a successful commit
 	compact bool   // force a compaction after this batch
 	// exclusive runs on the write connection outside any transaction,
@@ -418,6 +422,12 @@ func (s *Store) readable() error {
 // write runs fn in the writer's transaction.
 func (s *Store) write(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
 	return s.do(ctx, &op{fn: fn})
+}
+
+// writeSingle runs fn, which changes the database with at most one
+// statement, in the writer's transaction.
+func (s *Store) writeSingle(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	return s.do(ctx, &op{fn: fn, single: true})
 }
 
 func (s *Store) writer() {
@@ -537,6 +547,10 @@ func (s *Store) commitTx(batch []*op) (compact bool) {
 				added = append(added, tailAdd{dev: r.DeviceID, rec: tailRec{seq: s.nextSeq, ts: r.TS, kvs: appendKVs(nil, r.Values)}})
 				s.nextSeq++
 			}
+			continue
+		}
+		if o.single {
+			o.err = o.fn(ctx, tx)
 			continue
 		}
 		if sp == nil {

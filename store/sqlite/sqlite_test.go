@@ -45,11 +45,11 @@ func TestReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keep, _, _, err := s.EnsureDevice(ctx, store.Device{Name: "keep"}, store.Credential{})
+	keep, _, _, err := s.EnsureDevice(ctx, store.Device{Name: "keep"}, store.Credential{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gone, _, _, err := s.EnsureDevice(ctx, store.Device{Name: "gone"}, store.Credential{})
+	gone, _, _, err := s.EnsureDevice(ctx, store.Device{Name: "gone"}, store.Credential{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +179,7 @@ func TestMergeQuietBuckets(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	dev, _, _, err := s.EnsureDevice(ctx, store.Device{Name: "backfill"}, store.Credential{})
+	dev, _, _, err := s.EnsureDevice(ctx, store.Device{Name: "backfill"}, store.Credential{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

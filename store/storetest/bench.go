@@ -19,7 +19,7 @@ func BenchAppend(b *testing.B, s store.Store, devices, parallelism int, start fu
 	ctx := context.Background()
 	ids := make([]int64, devices)
 	for i := range ids {
-		d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("bench-%d", i)}, store.Credential{})
+		d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("bench-%d", i)}, store.Credential{}, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -61,7 +61,7 @@ func BenchQuery(b *testing.B, s store.Store, devices, perDevice int, settle func
 	ctx := context.Background()
 	ids := make([]int64, devices)
 	for i := range ids {
-		d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("q-%d", i)}, store.Credential{})
+		d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("q-%d", i)}, store.Credential{}, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -146,7 +146,7 @@ func crashChild(addr string, open func(ctx context.Context, dsn string) (store.S
 	if err != nil {
 		fail(err)
 	}
-	d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: "crash"}, store.Credential{})
+	d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: "crash"}, store.Credential{}, nil)
 	if err != nil {
 		fail(err)
 	}

@@ -72,7 +72,7 @@ func cred(n int) store.Credential {
 
 func mustDevice(t *testing.T, s store.Store, name string) store.Device {
 	t.Helper()
-	d, _, _, err := s.EnsureDevice(ctxT(t), store.Device{Name: name, Profile: "default"}, cred(len(name)))
+	d, _, _, err := s.EnsureDevice(ctxT(t), store.Device{Name: name, Profile: "default"}, cred(len(name)), nil)
 	if err != nil {
 		t.Fatalf("EnsureDevice(%s): %v", name, err)
 	}
@@ -81,7 +81,10 @@ func mustDevice(t *testing.T, s store.Store, name string) store.Device {
 
 func testDevices(t *testing.T, s store.Store) {
 	ctx := ctxT(t)
-	d, created, rotated, err := s.EnsureDevice(ctx, store.Device{Name: "sensor-1", Profile: "default", FirstSeenAddr: "10.0.0.1:4000"}, cred(1))
+	ev := func() *store.Event {
+		return &store.Event{Device: "sensor-1", Addr: "10.0.0.1:4000", Node: "n1", Detail: json.RawMessage(`{"serial":"01"}`)}
+	}
+	d, created, rotated, err := s.EnsureDevice(ctx, store.Device{Name: "sensor-1", Profile: "default", FirstSeenAddr: "10.0.0.1:4000"}, cred(1), ev())
 	if err != nil || !created || rotated {
 		t.Fatalf("first EnsureDevice = %+v, %v, %v, %v; want created", d, created, rotated, err)
 	}
@@ -91,17 +94,33 @@ func testDevices(t *testing.T, s store.Store) {
 	if d.Produced != nil {
 		t.Errorf("Produced = %v with an empty registry, want nil", *d.Produced)
 	}
-	again, created, rotated, err := s.EnsureDevice(ctx, store.Device{Name: "sensor-1"}, cred(1))
+	again, created, rotated, err := s.EnsureDevice(ctx, store.Device{Name: "sensor-1"}, cred(1), ev())
 	if err != nil || created || rotated || again.ID != d.ID {
 		t.Fatalf("same credential again = %+v, %v, %v, %v", again, created, rotated, err)
 	}
-	_, created, rotated, err = s.EnsureDevice(ctx, store.Device{Name: "sensor-1"}, cred(2))
+	_, created, rotated, err = s.EnsureDevice(ctx, store.Device{Name: "sensor-1"}, cred(2), ev())
 	if err != nil || created || !rotated {
 		t.Fatalf("new credential = created %v rotated %v err %v; want rotated", created, rotated, err)
 	}
-	_, _, rotated, err = s.EnsureDevice(ctx, store.Device{Name: "sensor-1"}, cred(1))
+	_, _, rotated, err = s.EnsureDevice(ctx, store.Device{Name: "sensor-1"}, cred(1), ev())
 	if err != nil || rotated {
 		t.Fatalf("returning to an old credential: rotated %v err %v; want not rotated", rotated, err)
+	}
+	// One event for the creation, one for the rotation, none for the
+	// connections that changed nothing.
+	evs, err := s.ListEvents(ctx, store.EventQuery{Device: "sensor-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for _, e := range evs {
+		kinds[e.Kind]++
+		if e.Addr != "10.0.0.1:4000" || e.Node != "n1" || string(e.Detail) != `{"serial":"01"}` || e.Time.IsZero() {
+			t.Errorf("event recorded with the device = %+v", e)
+		}
+	}
+	if len(evs) != 2 || kinds[store.EventProvisioned] != 1 || kinds[store.EventRotation] != 1 {
+		t.Errorf("events recorded with EnsureDevice: %v; want one provisioned, one rotation", kinds)
 	}
 	creds, err := s.ListCredentials(ctx, d.ID)
 	if err != nil {
@@ -213,7 +232,7 @@ func testEnsureConcurrent(t *testing.T, s store.Store) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d, created, _, err := s.EnsureDevice(ctx, store.Device{Name: "twin"}, cred(7))
+			d, created, _, err := s.EnsureDevice(ctx, store.Device{Name: "twin"}, cred(7), nil)
 			ids[i], createdN[i], errs[i] = d.ID, created, err
 		}()
 	}
@@ -891,7 +910,7 @@ func testClose(t *testing.T, s store.Store) {
 	if !errors.Is(err, store.ErrClosed) {
 		t.Errorf("append after Close: err %v; want ErrClosed", err)
 	}
-	if _, _, _, err := s.EnsureDevice(ctx, store.Device{Name: "late"}, store.Credential{}); !errors.Is(err, store.ErrClosed) {
+	if _, _, _, err := s.EnsureDevice(ctx, store.Device{Name: "late"}, store.Credential{}, nil); !errors.Is(err, store.ErrClosed) {
 		t.Errorf("EnsureDevice after Close: err %v; want ErrClosed", err)
 	}
 	if _, err := s.GetDevice(ctx, "closing"); !errors.Is(err, store.ErrClosed) {
