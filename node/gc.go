@@ -13,17 +13,18 @@ import (
 // heap, and with the default GOGC=100 the heap may grow to twice that
 // before a collection. A busy node is CPU-bound, and frequent collections
 // would cost throughput. So, unless the operator set GOGC, the node
-// collects eagerly while the device traffic is light and lazily (GOGC 200:
-// the heap may grow to three times what is live) while it is heavy. A busy
-// node's live heap is small next to an idle fleet's (its connections are
-// the same, its garbage short-lived), so the lazy setting costs little
-// memory and saves about a tenth of the CPU per message. (Measured in
-// docs/benchmarks.md.)
+// collects eagerly while the device traffic is light, lazily (GOGC 200: the
+// heap may grow to three times what is live) while messages stream, and at
+// the default rate during a storm of new connections: a storm builds the
+// long-lived state of every session, and a lazily collected heap would
+// leave it scattered over more memory than the quiet node gets back.
+// (Measured in docs/benchmarks.md.)
 const (
 	gcQuietPercent   = 40
+	gcStormPercent   = 100
 	gcBusyPercent    = 200
 	gcBusyPackets    = 2000 // packets per second above which the node is busy
-	gcBusyHandshakes = 50   // or handshakes per second: a reconnect storm allocates a lot
+	gcBusyHandshakes = 50   // handshakes per second above which a storm is on
 	gcInterval       = time.Second
 	gcQuietAfter     = 3 // intervals of light traffic before collecting eagerly
 )
@@ -33,10 +34,10 @@ func governGC(ctx context.Context, packets, handshakes func() uint64, log *slog.
 	if os.Getenv("GOGC") != "" {
 		return
 	}
-	// Start busy: a node that has just started usually faces its whole
-	// fleet reconnecting.
-	debug.SetGCPercent(gcBusyPercent)
-	current, quiet := gcBusyPercent, 0
+	// Start as in a storm: a node that has just started usually faces its
+	// whole fleet reconnecting.
+	debug.SetGCPercent(gcStormPercent)
+	current, quiet := gcStormPercent, 0
 	last, lastHS := packets(), handshakes()
 	t := time.NewTicker(gcInterval)
 	defer t.Stop()
@@ -50,11 +51,16 @@ func governGC(ctx context.Context, packets, handshakes func() uint64, log *slog.
 		rate := float64(n-last) / gcInterval.Seconds()
 		hsRate := float64(hs-lastHS) / gcInterval.Seconds()
 		last, lastHS = n, hs
-		want := gcBusyPercent
-		if rate > gcBusyPackets || hsRate > gcBusyHandshakes {
-			quiet = 0
-		} else if quiet++; quiet >= gcQuietAfter {
-			want = gcQuietPercent
+		want := current
+		switch {
+		case hsRate > gcBusyHandshakes:
+			want, quiet = gcStormPercent, 0
+		case rate > gcBusyPackets:
+			want, quiet = gcBusyPercent, 0
+		default:
+			if quiet++; quiet >= gcQuietAfter {
+				want = gcQuietPercent
+			}
 		}
 		if want != current {
 			debug.SetGCPercent(want)
