@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,8 +34,8 @@ func init() { register(newBenchCmd) }
 type benchOptions struct {
 	devices     int
 	duration    time.Duration
-	window      int
-	concurrency int
+	windows     []int
+	concurrency []int
 	idle        int
 	settle      time.Duration
 	mosquitto   string
@@ -44,19 +45,43 @@ type benchOptions struct {
 
 // benchResult is one server's figures.
 type benchResult struct {
-	Server             string  `json:"server"`
-	HandshakesPerS     float64 `json:"handshakesPerSecond"`
-	HandshakeFailed    int     `json:"handshakesFailed"`
-	MsgsPerS           float64 `json:"ackedMessagesPerSecond"`
-	Acked              int64   `json:"acked"`
-	P50Ms              float64 `json:"p50AckMs"`
-	P99Ms              float64 `json:"p99AckMs"`
-	IdleConns          int     `json:"idleConnections"`
-	IdleHandshakesPerS float64 `json:"idlePhaseHandshakesPerSecond"`
-	KBPerConn          float64 `json:"kbPerIdleConnection"`
-	Lost               int64   `json:"lost"` // -1: not checkable (the server stores nothing)
-	CPUPerHandshake    float64 `json:"serverCpuMsPerHandshake"`
-	CPUPerMessage      float64 `json:"serverCpuUsPerMessage"`
+	Server             string           `json:"server"`
+	Handshakes         []handshakeLevel `json:"handshakes"` // one per --concurrency
+	Publish            []publishLevel   `json:"publish"`    // one per --window
+	Acked              int64            `json:"acked"`      // over all publish levels
+	IdleConns          int              `json:"idleConnections"`
+	IdleHandshakesPerS float64          `json:"idlePhaseHandshakesPerSecond"`
+	KBPerConn          float64          `json:"kbPerIdleConnection"`
+	Lost               int64            `json:"lost"` // -1: not checkable (the server stores nothing)
+}
+
+// handshakeLevel is a handshake phase at one concurrency, each handshake
+// a device's first connection.
+type handshakeLevel struct {
+	Concurrency     int     `json:"concurrency"`
+	PerS            float64 `json:"handshakesPerSecond"`
+	Failed          int     `json:"handshakesFailed"`
+	CPUPerHandshake float64 `json:"serverCpuMsPerHandshake"`
+}
+
+// publishLevel is a publish phase at one window.
+type publishLevel struct {
+	Window        int     `json:"window"`
+	MsgsPerS      float64 `json:"ackedMessagesPerSecond"`
+	Acked         int64   `json:"acked"`
+	P50Ms         float64 `json:"p50AckMs"`
+	P99Ms         float64 `json:"p99AckMs"`
+	CPUPerMessage float64 `json:"serverCpuUsPerMessage"`
+}
+
+// peak is a server's best rate over the levels: its capacity, the figure
+// compared when servers reach theirs at different loads.
+func peak[T any](levels []T, rate func(T) float64) float64 {
+	best := 0.0
+	for _, l := range levels {
+		best = max(best, rate(l))
+	}
+	return best
 }
 
 func newBenchCmd() *cobra.Command {
@@ -69,20 +94,32 @@ embedded defaults) and, when installed, Mosquitto 2 with require_certificate,
 and drives each in turn with the same load: N devices, each with its own
 P-256 certificate from the server's device CA.
 
-Phases per server: N full mTLS handshakes (+ CONNECT/CONNACK); QoS 1
-telemetry from every device for --duration with --window messages in flight
-per device; then --idle idle connections to measure server memory per
-connection (resident set growth / connections). For thingline every
-acknowledged message is then looked up through the REST API: lost counts
-the acknowledged ones not found.`,
+Phases per server: for each --concurrency, N devices' first full mTLS
+handshakes (+ CONNECT/CONNACK), that many at a time; for each --window,
+QoS 1 telemetry from every device for --duration with that many messages in
+flight per device; then --idle idle connections to measure server memory
+per connection (resident set growth / connections). Each server's best rate
+over the levels is its capacity; the ratios compare capacities as well as
+each level. For thingline every acknowledged message is then looked up
+through the REST API: lost counts the acknowledged ones not found.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error { return runBench(cmd.Context(), cmd.OutOrStdout(), o) },
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(o.windows) == 0 || len(o.concurrency) == 0 || o.devices <= 0 {
+				return errors.New("bench: --devices, --window and --concurrency must be given")
+			}
+			for _, v := range append(slices.Clone(o.windows), o.concurrency...) {
+				if v <= 0 {
+					return fmt.Errorf("bench: window and concurrency must be positive, not %d", v)
+				}
+			}
+			return runBench(cmd.Context(), cmd.OutOrStdout(), o)
+		},
 	}
 	f := c.Flags()
 	f.IntVar(&o.devices, "devices", 1000, "devices in the handshake and publish phases")
 	f.DurationVar(&o.duration, "duration", 10*time.Second, "length of the publish phase")
-	f.IntVar(&o.window, "window", 4, "QoS 1 messages in flight per device")
-	f.IntVar(&o.concurrency, "concurrency", 32, "handshakes in progress at once")
+	f.IntSliceVar(&o.windows, "window", []int{4, 16}, "QoS 1 messages in flight per device; a publish phase for each")
+	f.IntSliceVar(&o.concurrency, "concurrency", []int{32, 128}, "handshakes in progress at once; a handshake phase for each, with its own devices")
 	f.IntVar(&o.idle, "idle", 15000, "idle connections for the memory phase (0 skips it)")
 	f.DurationVar(&o.settle, "settle", 5*time.Second, "wait before each reading of the server's memory (after the load, after opening the idle connections)")
 	f.StringVar(&o.mosquitto, "mosquitto", "auto", "auto (if installed), off, or the path of the mosquitto binary")
@@ -128,7 +165,7 @@ func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(rootPEM)
 
-	n := max(o.devices, o.idle)
+	n := max(o.devices*len(o.concurrency), o.idle)
 	logf("issuing %d P-256 device certificates", n)
 	runID := hex.EncodeToString(tokRaw[:3])
 	devs, err := issueBenchDevices(ca, roots, n, "BENCH-"+runID+"-")
@@ -137,7 +174,7 @@ func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
 	}
 
 	var results []benchResult
-	r, err := benchOne(ctx, "thingline", tl.mqttAddr, tl.pid(), devs, o, logf, func(conns []int, acked []int64, base int64) int64 {
+	r, err := benchOne(ctx, "thingline", tl.mqttAddr, tl.pid(), devs, o, logf, func(devs []loadgen.Device, conns []int, acked []int64, base int64) int64 {
 		return countLost(tl.httpAddr, token, devs, conns, acked, base, logf)
 	})
 	if err != nil {
@@ -232,35 +269,65 @@ func issueBenchDevices(ca *pki.CA, roots *x509.CertPool, n int, prefix string) (
 }
 
 func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.Device, o benchOptions,
-	logf func(string, ...any), lost func(conns []int, acked []int64, base int64) int64) (benchResult, error) {
+	logf func(string, ...any), lost func(devs []loadgen.Device, conns []int, acked []int64, base int64) int64) (benchResult, error) {
 	r := benchResult{Server: name, Lost: -1}
-	logf("%s: %d handshakes, %d at a time", name, o.devices, o.concurrency)
-	cpu0, _ := cpuSeconds(pid)
-	conns, idx, hs := loadgen.Connect(ctx, addr, devs[:o.devices], o.concurrency)
-	cpu1, _ := cpuSeconds(pid)
-	if hs.Connected > 0 {
-		r.CPUPerHandshake = (cpu1 - cpu0) * 1000 / float64(hs.Connected)
+	var conns []*loadgen.Conn
+	var idx []int
+	var pubDevs []loadgen.Device
+	for k, conc := range o.concurrency {
+		if conns != nil {
+			loadgen.CloseAll(conns)
+		}
+		// Every level with devices of its own: each handshake is a first
+		// connection (for thingline, one that provisions a device).
+		pubDevs = devs[k*o.devices : (k+1)*o.devices]
+		logf("%s: %d handshakes, %d at a time", name, o.devices, conc)
+		cpu0, _ := cpuSeconds(pid)
+		var hs loadgen.HandshakeResult
+		conns, idx, hs = loadgen.Connect(ctx, addr, pubDevs, conc)
+		cpu1, _ := cpuSeconds(pid)
+		l := handshakeLevel{Concurrency: conc, PerS: hs.PerSecond(), Failed: hs.Failed}
+		if hs.Connected > 0 {
+			l.CPUPerHandshake = (cpu1 - cpu0) * 1000 / float64(hs.Connected)
+		}
+		r.Handshakes = append(r.Handshakes, l)
+		if hs.Connected == 0 {
+			return r, fmt.Errorf("%s: no device could connect: %v", name, hs.FirstErr)
+		}
+		if hs.FirstErr != nil {
+			logf("%s: %d handshakes failed, first: %v", name, hs.Failed, hs.FirstErr)
+		}
+		logf("%s: %.0f handshakes/s", name, l.PerS)
 	}
-	r.HandshakesPerS, r.HandshakeFailed = hs.PerSecond(), hs.Failed
-	if hs.Connected == 0 {
-		return r, fmt.Errorf("%s: no device could connect: %v", name, hs.FirstErr)
+	var lostSum int64
+	for k, window := range o.windows {
+		// Each level's messages in a time range of their own, a day and
+		// more in the past, so that the lost check can tell them apart.
+		base := time.Now().Add(-24*time.Hour).UnixMilli() - int64(k)*100_000_000
+		logf("%s: publishing QoS 1 for %v, %d in flight per device", name, o.duration, window)
+		cpu1, _ := cpuSeconds(pid)
+		pr := loadgen.Publish(ctx, conns, "v1/devices/me/telemetry", base, o.duration, window)
+		cpu2, _ := cpuSeconds(pid)
+		l := publishLevel{Window: window, MsgsPerS: pr.PerSecond(), Acked: pr.Acked,
+			P50Ms: float64(pr.P50.Microseconds()) / 1000, P99Ms: float64(pr.P99.Microseconds()) / 1000}
+		if pr.Acked > 0 {
+			l.CPUPerMessage = (cpu2 - cpu1) * 1e6 / float64(pr.Acked)
+		}
+		r.Publish = append(r.Publish, l)
+		r.Acked += pr.Acked
+		logf("%s: %s", name, pr)
+		if lost != nil && lostSum >= 0 {
+			n := lost(pubDevs, idx, pr.AckedPerConn, base)
+			if n < 0 {
+				lostSum = -1
+			} else {
+				lostSum += n
+			}
+		}
 	}
-	if hs.FirstErr != nil {
-		logf("%s: %d handshakes failed, first: %v", name, hs.Failed, hs.FirstErr)
-	}
-	logf("%s: %.0f handshakes/s; publishing QoS 1 for %v", name, r.HandshakesPerS, o.duration)
-	base := time.Now().Add(-24 * time.Hour).UnixMilli()
-	pr := loadgen.Publish(ctx, conns, "v1/devices/me/telemetry", base, o.duration, o.window)
-	cpu2, _ := cpuSeconds(pid)
-	if pr.Acked > 0 {
-		r.CPUPerMessage = (cpu2 - cpu1) * 1e6 / float64(pr.Acked)
-	}
-	r.MsgsPerS, r.Acked = pr.PerSecond(), pr.Acked
-	r.P50Ms, r.P99Ms = float64(pr.P50.Microseconds())/1000, float64(pr.P99.Microseconds())/1000
-	logf("%s: %s", name, pr)
 	loadgen.CloseAll(conns)
 	if lost != nil {
-		r.Lost = lost(idx, pr.AckedPerConn, base)
+		r.Lost = lostSum
 	}
 	if o.idle > 0 {
 		time.Sleep(o.settle) // let the server settle after the load, as after the idle storm
@@ -269,7 +336,7 @@ func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.De
 			return r, err
 		}
 		logf("%s: opening %d idle connections (server RSS %d KB)", name, o.idle, before)
-		idleConns, _, ih := loadgen.Connect(ctx, addr, devs[:o.idle], o.concurrency)
+		idleConns, _, ih := loadgen.Connect(ctx, addr, devs[:o.idle], o.concurrency[0])
 		time.Sleep(o.settle)
 		after, err := rssKB(pid)
 		if err != nil {
@@ -479,7 +546,7 @@ use_identity_as_username true
 }
 
 func printBench(out io.Writer, o benchOptions, rs []benchResult) {
-	fmt.Fprintf(out, "devices %d, publish %v with %d in flight per device, %d idle connections\n\n", o.devices, o.duration, o.window, o.idle)
+	fmt.Fprintf(out, "devices %d per handshake level, publish %v per window, %d idle connections\n\n", o.devices, o.duration, o.idle)
 	fmt.Fprintf(out, "| metric | %s |", rs[0].Server)
 	for _, r := range rs[1:] {
 		fmt.Fprintf(out, " %s | ratio |", r.Server)
@@ -501,12 +568,30 @@ func printBench(out io.Writer, o benchOptions, rs []benchResult) {
 		}
 		fmt.Fprintln(out)
 	}
-	row("mTLS handshakes/s (P-256)", func(r benchResult) float64 { return r.HandshakesPerS }, "%.0f", true)
-	row("acknowledged QoS 1 messages/s", func(r benchResult) float64 { return r.MsgsPerS }, "%.0f", true)
-	row("server CPU per handshake (ms)", func(r benchResult) float64 { return r.CPUPerHandshake }, "%.2f", false)
-	row("server CPU per acknowledged message (µs)", func(r benchResult) float64 { return r.CPUPerMessage }, "%.1f", false)
-	row("p50 acknowledgement latency (ms)", func(r benchResult) float64 { return r.P50Ms }, "%.2f", false)
-	row("p99 acknowledgement latency (ms)", func(r benchResult) float64 { return r.P99Ms }, "%.2f", false)
+	hsRate := func(l handshakeLevel) float64 { return l.PerS }
+	msgRate := func(l publishLevel) float64 { return l.MsgsPerS }
+	for k, c := range o.concurrency {
+		row(fmt.Sprintf("mTLS handshakes/s (P-256), %d at a time", c), func(r benchResult) float64 { return r.Handshakes[k].PerS }, "%.0f", true)
+	}
+	if len(o.concurrency) > 1 {
+		row("**peak mTLS handshakes/s**", func(r benchResult) float64 { return peak(r.Handshakes, hsRate) }, "%.0f", true)
+	}
+	for k, w := range o.windows {
+		row(fmt.Sprintf("acknowledged QoS 1 messages/s, window %d", w), func(r benchResult) float64 { return r.Publish[k].MsgsPerS }, "%.0f", true)
+	}
+	if len(o.windows) > 1 {
+		row("**peak acknowledged QoS 1 messages/s**", func(r benchResult) float64 { return peak(r.Publish, msgRate) }, "%.0f", true)
+	}
+	for k, c := range o.concurrency {
+		row(fmt.Sprintf("server CPU per handshake (ms), %d at a time", c), func(r benchResult) float64 { return r.Handshakes[k].CPUPerHandshake }, "%.2f", false)
+	}
+	for k, w := range o.windows {
+		row(fmt.Sprintf("server CPU per acknowledged message (µs), window %d", w), func(r benchResult) float64 { return r.Publish[k].CPUPerMessage }, "%.1f", false)
+	}
+	for k, w := range o.windows {
+		row(fmt.Sprintf("p50 acknowledgement latency (ms), window %d", w), func(r benchResult) float64 { return r.Publish[k].P50Ms }, "%.2f", false)
+		row(fmt.Sprintf("p99 acknowledgement latency (ms), window %d", w), func(r benchResult) float64 { return r.Publish[k].P99Ms }, "%.2f", false)
+	}
 	if o.idle > 0 {
 		row(fmt.Sprintf("mTLS handshakes/s while opening the %d idle connections", o.idle), func(r benchResult) float64 { return r.IdleHandshakesPerS }, "%.0f", true)
 		row(fmt.Sprintf("KB per idle connection (%d)", o.idle), func(r benchResult) float64 { return r.KBPerConn }, "%.1f", false)
