@@ -87,6 +87,22 @@ type Devices interface {
 	AddCounter(ctx context.Context, id int64, name string, delta int64) error
 }
 
+// ProvisioningEvent is the event EnsureDevice records for its outcome: ev
+// as EventProvisioned when the device was created, as EventRotation when a
+// known device presented a new credential; none (false) otherwise, or when
+// ev is nil.
+func ProvisioningEvent(ev *Event, created, rotated bool) (Event, bool) {
+	if ev == nil || !created && !rotated {
+		return Event{}, false
+	}
+	e := *ev
+	e.Kind = EventRotation
+	if created {
+		e.Kind = EventProvisioned
+	}
+	return e, true
+}
+
 // Credential is one certificate a device has presented.
 type Credential struct {
 	DeviceID     int64     `json:"deviceId"`

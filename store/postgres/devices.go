@@ -165,12 +165,7 @@ func (s *Store) EnsureDevice(ctx context.Context, d store.Device, c store.Creden
 			}
 			rotated = inserted && !created
 		}
-		if ev != nil && (created || rotated) {
-			e := *ev
-			e.Kind = store.EventRotation
-			if created {
-				e.Kind = store.EventProvisioned
-			}
+		if e, ok := store.ProvisioningEvent(ev, created, rotated); ok {
 			if err := insertEvent(ctx, tx, e, evDetail); err != nil {
 				return err
 			}
