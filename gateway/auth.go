@@ -210,14 +210,16 @@ func normalizeSerial(sn string) string {
 }
 
 // credential describes leaf for the store.
-func credential(leaf *x509.Certificate, now time.Time) store.Credential {
+// credential is leaf's record; serial and fingerprint (pki.SerialHex,
+// pki.Fingerprint) are the caller's, already computed.
+func credential(leaf *x509.Certificate, serial, fingerprint string, now time.Time) store.Credential {
 	return store.Credential{
-		Serial:       pki.SerialHex(leaf),
+		Serial:       serial,
 		Issuer:       leaf.Issuer.String(),
 		Subject:      leaf.Subject.String(),
 		NotBefore:    leaf.NotBefore,
 		NotAfter:     leaf.NotAfter,
-		SHA256:       pki.Fingerprint(leaf.Raw),
+		SHA256:       fingerprint,
 		CredentialID: pki.CredentialID(leaf.Raw),
 		PEM:          string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Raw})),
 		FirstSeen:    now,
@@ -264,13 +266,14 @@ func (s *Server) authorize(ctx context.Context, leaf *x509.Certificate, addr str
 			return identity{}, s.newRefusal(ReasonStoreError, leaf, err)
 		}
 	}
-	detail := certDetail(leaf)
+	cred := credential(leaf, serial, fp, now)
+	detail := certDetail(leaf.Subject.CommonName, cred)
 	// The provisioning or rotation event is written with the device, in
 	// one transaction: no device without its audit record, and one store
 	// round trip (and fsync) before CONNACK rather than two.
 	dev, _, _, err := s.st.EnsureDevice(ctx, store.Device{
 		Name: name, Profile: s.profile.Name, CreatedAt: now, FirstSeenAddr: addr,
-	}, credential(leaf, now), &store.Event{Device: name, Addr: addr, Node: s.node, Time: now, Detail: detail})
+	}, cred, &store.Event{Device: name, Addr: addr, Node: s.node, Time: now, Detail: detail})
 	if err != nil {
 		return identity{}, s.newRefusal(ReasonStoreError, leaf, fmt.Errorf("ensuring device: %w", err))
 	}
@@ -283,11 +286,15 @@ func (s *Server) authorize(ctx context.Context, leaf *x509.Certificate, addr str
 	return identity{dev: dev}, nil
 }
 
-func certDetail(leaf *x509.Certificate) json.RawMessage {
-	b, _ := json.Marshal(map[string]string{
-		"cn": leaf.Subject.CommonName, "serial": pki.SerialHex(leaf), "issuer": leaf.Issuer.String(),
-		"sha256": pki.Fingerprint(leaf.Raw),
-	})
+// certDetail is the detail of a provisioning, rotation or unknown-unit
+// event: {"cn","issuer","serial","sha256"}.
+func certDetail(cn string, c store.Credential) json.RawMessage {
+	b, _ := json.Marshal(struct {
+		CN     string `json:"cn"`
+		Issuer string `json:"issuer"`
+		Serial string `json:"serial"`
+		SHA256 string `json:"sha256"`
+	}{cn, c.Issuer, c.Serial, c.SHA256})
 	return b
 }
 

@@ -72,6 +72,11 @@ func fill(ctx context.Context, q querier, d *store.Device) error {
 	if err := rows.Err(); err != nil {
 		return err
 	}
+	return fillProduced(ctx, q, d)
+}
+
+// fillProduced sets d.Produced when the factory registry is in use.
+func fillProduced(ctx context.Context, q querier, d *store.Device) error {
 	var units int64
 	if err := q.QueryRowContext(ctx, "SELECT count(*) FROM (SELECT 1 FROM units LIMIT 1)").Scan(&units); err != nil {
 		return err
@@ -114,10 +119,11 @@ func (s *Store) EnsureDevice(ctx context.Context, d store.Device, c store.Creden
 	err = s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		created, rotated = false, false
 		var id int64
+		createdAt := toNS(orNow(d.CreatedAt))
 		err := tx.QueryRowContext(ctx, "SELECT id FROM devices WHERE name=?", d.Name).Scan(&id)
 		if errors.Is(err, sql.ErrNoRows) {
 			res, err := tx.ExecContext(ctx, "INSERT INTO devices(name, profile, created_at, first_seen_addr) VALUES (?, ?, ?, ?)",
-				d.Name, d.Profile, toNS(orNow(d.CreatedAt)), d.FirstSeenAddr)
+				d.Name, d.Profile, createdAt, d.FirstSeenAddr)
 			if err != nil {
 				return err
 			}
@@ -154,6 +160,11 @@ func (s *Store) EnsureDevice(ctx context.Context, d store.Device, c store.Creden
 			if err := insertEvent(ctx, tx, e, evDetail); err != nil {
 				return err
 			}
+		}
+		if created {
+			// Just inserted: nothing to read back but the registry flag.
+			dev = store.Device{ID: id, Name: d.Name, Profile: d.Profile, CreatedAt: fromNS(createdAt), FirstSeenAddr: d.FirstSeenAddr}
+			return fillProduced(ctx, tx, &dev)
 		}
 		dev, err = getDevice(ctx, tx, "id=?", id)
 		return err
