@@ -121,8 +121,8 @@ through the REST API: lost counts the acknowledged ones not found.`,
 		},
 	}
 	f := c.Flags()
-	f.IntVar(&o.devices, "devices", 1000, "devices in the handshake and publish phases")
-	f.DurationVar(&o.duration, "duration", 10*time.Second, "length of the publish phase")
+	f.IntVar(&o.devices, "devices", 1000, "devices per handshake level; the last level's devices publish")
+	f.DurationVar(&o.duration, "duration", 10*time.Second, "length of each publish phase")
 	f.IntSliceVar(&o.windows, "window", []int{4, 16}, "QoS 1 messages in flight per device; a publish phase for each")
 	f.IntSliceVar(&o.concurrency, "concurrency", []int{32, 128}, "handshakes in progress at once; a handshake phase for each, with its own devices")
 	f.IntVar(&o.idle, "idle", 15000, "idle connections for the memory phase (0 skips it)")
