@@ -130,6 +130,11 @@ type session struct {
 	ackQ     []*work
 	pending  int
 	flushing bool
+	// The flusher's store context, reused across bursts (see flushCtx).
+	// Only the one running flusher (flushing=true) touches these.
+	fctx    context.Context
+	fcancel context.CancelFunc
+	fctxAt  time.Time
 
 	// readable and idleWait watch the socket under the TLS connection
 	// (see socketWatch); nil when it cannot be watched that way.
@@ -421,9 +426,28 @@ func (ss *session) closeByServer(code byte, reason string) {
 	ss.close(code, reason)
 }
 
+// storeTimeout bounds a store call: a store that does not answer in time
+// fails the call (and, for telemetry, ends the session unacknowledged).
+const storeTimeout = 30 * time.Second
+
 func (ss *session) storeCtx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), 30*time.Second)
+	return context.WithTimeout(context.Background(), storeTimeout)
 }
+
+// flushCtx is the flusher's store context. A context with a timeout per
+// burst costs a timer per message when a device has one message in flight,
+// so one is reused for flushCtxReuse: every call still gets between
+// storeTimeout and storeTimeout+flushCtxReuse. Its timer releases it at its
+// deadline; finish cancels the last one.
+func (ss *session) flushCtx() context.Context {
+	if now := time.Now(); ss.fctx == nil || now.Sub(ss.fctxAt) > flushCtxReuse {
+		ss.fctx, ss.fcancel = context.WithTimeout(context.Background(), storeTimeout+flushCtxReuse)
+		ss.fctxAt = now
+	}
+	return ss.fctx
+}
+
+const flushCtxReuse = 10 * time.Second
 
 // start reads and handles CONNECT. When it returns false the session is
 // over and finish has run.
@@ -1060,8 +1084,7 @@ func (ss *session) flush() {
 
 func (ss *session) process(q []*work) bool {
 	s := ss.srv
-	ctx, cancel := ss.storeCtx()
-	defer cancel()
+	ctx := ss.flushCtx()
 	var recs []store.Record
 	for _, w := range q {
 		recs = append(recs, w.recs...)
@@ -1204,6 +1227,9 @@ func (ss *session) finish(registered, abnormal bool) {
 	ss.ackMu.Lock()
 	for ss.flushing {
 		ss.ackCond.Wait()
+	}
+	if ss.fcancel != nil {
+		ss.fcancel()
 	}
 	ss.ackMu.Unlock()
 	close(ss.done)
