@@ -46,6 +46,13 @@ const (
 	TopicRevocations = "revocations" // a serial was revoked: store.Revocation
 	TopicDevices     = "devices"     // a device changed: {"device":..,"op":"deleted"}, or {"op":"units-added"}
 	TopicTelemetry   = "telemetry"   // live telemetry for consoles: {"device":..,"ts":..,"values":{..}}
+	// Notices of the operation phase, for the live stream and for the
+	// concepts that react to each other; each payload carries "device" and
+	// is defined by the package that publishes it (see its doc in docs/).
+	TopicState  = "state"  // a device went online or offline
+	TopicAlarms = "alarms" // an alarm was raised, acknowledged or cleared
+	TopicRPC    = "rpc"    // a persistent RPC changed status
+	TopicOTA    = "ota"    // a device's firmware update moved on
 )
 
 // Bus is the messaging fabric shared by all nodes of a deployment.

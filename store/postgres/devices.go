@@ -244,8 +244,8 @@ func (s *Store) DeleteDevice(ctx context.Context, name string) error {
 	if err := s.checkOpen(); err != nil {
 		return err
 	}
+	var id int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var id int64
 		if err := tx.QueryRow(ctx, "DELETE FROM devices WHERE name=$1 RETURNING id", name).Scan(&id); err != nil {
 			if errors.Is(err, pgx.ErrNoRows) {
 				return store.ErrNotFound
@@ -268,7 +268,7 @@ func (s *Store) DeleteDevice(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("postgres: deleting device %q: %w", name, err)
 	}
-	return nil
+	return s.PurgeDevice(ctx, id)
 }
 
 // execDevice runs an update that must touch the device's row.

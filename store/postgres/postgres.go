@@ -11,6 +11,7 @@ package postgres
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"sort"
@@ -20,8 +21,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/thingline/thingline/store"
+	"github.com/thingline/thingline/store/sqldb"
 )
 
 // Options tunes a Store; the zero value gives the defaults.
@@ -43,8 +46,13 @@ func (o *Options) defaults() {
 
 // Store is a store.Store on PostgreSQL.
 type Store struct {
-	opt  Options
-	pool *pgxpool.Pool
+	// The control-plane tables shared with store/sqlite, through
+	// database/sql on the same pool.
+	*sqldb.Tables
+
+	opt   Options
+	pool  *pgxpool.Pool
+	sqlDB *sql.DB
 
 	// closeMu guards closed against sends on ops: senders hold it shared
 	// while sending, Close takes it exclusively before stopping the writers.
@@ -118,6 +126,12 @@ func OpenOptions(ctx context.Context, url string, opt Options) (*Store, error) {
 		pool.Close()
 		return nil, err
 	}
+	s.sqlDB = stdlib.OpenDBFromPool(pool)
+	if s.Tables, err = sqldb.NewTables(ctx, sqldb.New(sqldb.Postgres, s.sqlDB, s.sqlWrite)); err != nil {
+		s.sqlDB.Close()
+		pool.Close()
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
 	for range opt.Writers {
 		s.wg.Add(1)
 		go s.writer()
@@ -136,6 +150,7 @@ func (s *Store) Close() error {
 	s.closeMu.Unlock()
 	close(s.quit)
 	s.wg.Wait()
+	s.sqlDB.Close()
 	s.pool.Close()
 	return nil
 }
@@ -409,3 +424,19 @@ func (s *Store) checkOpen() error {
 }
 
 var errNotJSON = errors.New("value is not JSON")
+
+// sqlWrite is the shared tables' Writer: one transaction on the pool.
+func (s *Store) sqlWrite(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	tx, err := s.sqlDB.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(ctx, tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}

@@ -263,7 +263,7 @@ func (s *Store) DeleteDevice(ctx context.Context, name string) error {
 	if err := s.do(ctx, o); err != nil {
 		return fmt.Errorf("sqlite: deleting device %q: %w", name, err)
 	}
-	return nil
+	return s.PurgeDevice(ctx, id)
 }
 
 // execOne runs an update of an existing device: one statement, so no

@@ -25,6 +25,7 @@ import (
 	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
 
 	"github.com/thingline/thingline/store"
+	"github.com/thingline/thingline/store/sqldb"
 )
 
 // Options tunes a Store; the zero value gives the defaults.
@@ -59,6 +60,10 @@ func (o *Options) defaults() {
 
 // Store is a store.Store on one SQLite file.
 type Store struct {
+	// The control-plane tables shared with store/postgres; their writes go
+	// through the writer goroutine like every other write.
+	*sqldb.Tables
+
 	opt   Options
 	db    *sql.DB   // readers
 	wconn *sql.Conn // the writer goroutine's only connection
@@ -194,7 +199,17 @@ func OpenOptions(ctx context.Context, path string, opt Options) (*Store, error) 
 	}
 	s.lastCompact = time.Now()
 	go s.writer()
+	if s.Tables, err = sqldb.NewTables(ctx, sqldb.New(sqldb.SQLite, db, s.sqlWrite)); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
 	return s, nil
+}
+
+// sqlWrite is the shared tables' Writer: fn runs in the writer's batch
+// transaction under its own savepoint.
+func (s *Store) sqlWrite(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	return s.do(ctx, &op{fn: fn})
 }
 
 // Close stops the writer after committing the writes already queued.

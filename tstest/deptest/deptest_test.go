@@ -16,15 +16,17 @@ const mod = "github.com/thingline/thingline/"
 // forbidden maps a package to the packages of ours it must not import,
 // directly or indirectly.
 var forbidden = map[string][]string{
-	"store":     {"gateway", "api", "node", "bus", "twin", "factory"},
-	"bus":       {"gateway", "api", "node", "store", "twin", "factory"},
-	"gateway":   {"api", "node", "twin", "factory", "store/sqlite", "store/postgres", "bus/inproc", "bus/nats"},
-	"api":       {"gateway", "node", "twin", "store/sqlite", "store/postgres", "bus/inproc", "bus/nats"},
-	"pki":       {"gateway", "api", "node", "store", "bus", "twin", "factory"},
-	"spiffs":    {"gateway", "api", "node", "store", "bus", "twin", "factory", "pki"},
-	"parttable": {"gateway", "api", "node", "store", "bus", "twin", "factory", "pki", "spiffs"},
-	"protocomm": {"gateway", "api", "node", "store", "bus", "twin", "factory"},
-	"wifiprov":  {"gateway", "api", "node", "store", "bus", "twin", "factory"},
+	"store": {"gateway", "api", "node", "bus", "twin", "factory"},
+	"bus":   {"gateway", "api", "node", "store", "twin", "factory"},
+	// The shared SQL tables are part of the backends: only they import it.
+	"store/sqldb": {"gateway", "api", "node", "bus", "twin", "factory", "store/sqlite", "store/postgres"},
+	"gateway":     {"api", "node", "twin", "factory", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
+	"api":         {"gateway", "node", "twin", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
+	"pki":         {"gateway", "api", "node", "store", "bus", "twin", "factory"},
+	"spiffs":      {"gateway", "api", "node", "store", "bus", "twin", "factory", "pki"},
+	"parttable":   {"gateway", "api", "node", "store", "bus", "twin", "factory", "pki", "spiffs"},
+	"protocomm":   {"gateway", "api", "node", "store", "bus", "twin", "factory"},
+	"wifiprov":    {"gateway", "api", "node", "store", "bus", "twin", "factory"},
 	// The twin is a device: it reaches the cloud only over the network.
 	"twin":    {"gateway", "api", "node", "store", "bus"},
 	"factory": {"gateway", "node", "twin", "bus", "store/sqlite", "store/postgres"},
