@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -47,7 +48,11 @@ with --admin-token or THINGLINE_ADMIN_TOKEN.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "thingline: devices connect to mqtts://%s, API at http://%s\n", n.MQTTAddr(), n.HTTPAddr())
+			devAddr, note := n.DeviceAddr()
+			fmt.Fprintf(cmd.ErrOrStderr(), "thingline: devices connect to mqtts://%s, API at http://%s\n", devAddr, n.HTTPAddr())
+			if note != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "thingline: %s\n", note)
+			}
 			werr := n.Wait(cmd.Context())
 			cerr := n.Close()
 			if werr != nil {
@@ -70,6 +75,7 @@ with --admin-token or THINGLINE_ADMIN_TOKEN.`,
 	f.StringVar(&cnRegex, "cn-regex", "(.*)", "device name = first capture group of this expression on the certificate CN")
 	f.BoolVar(&noCreate, "no-auto-provision", false, "refuse devices not already known instead of creating them")
 	f.BoolVar(&disconnectOnBadInput, "disconnect-on-bad-input", false, "MQTT 3.1.1: close the session on a refused message instead of acknowledging and dropping it")
+	f.DurationVar(&cfg.APIBodyTimeout, "api-body-timeout", 30*time.Second, "longest time a REST request body may take to arrive")
 	f.IntVar(&maxPayload, "max-payload", 65536, "largest accepted PUBLISH payload in bytes")
 	return c
 }

@@ -51,7 +51,13 @@ type Config struct {
 	BusURL     string   // "" → in-process; nats://… → NATS
 	NodeID     string   // default: host name
 	Profile    gateway.Profile
-	Logger     *slog.Logger
+	// Gateway holds the device gateway's limits (per-address limits,
+	// timeouts, the timestamp window); the certificate, CAs, profile,
+	// store, bus, node and logger fields are the node's.
+	Gateway gateway.Config
+	// APIBodyTimeout bounds the reading of a REST request body; 0 means 30 s.
+	APIBodyTimeout time.Duration
+	Logger         *slog.Logger
 	// Out receives what a person starting the node must read: where the
 	// development PKI is, the admin token the first time. Default stderr.
 	Out io.Writer
@@ -59,24 +65,28 @@ type Config struct {
 
 // Node is a running node.
 type Node struct {
-	cfg      Config
-	store    store.Store
-	bus      bus.Bus
-	gw       *gateway.Server
-	mqttLn   net.Listener
-	httpLn   net.Listener
-	httpSrv  *http.Server
-	token    string // only set when the node made it or was given it
-	pkiDir   string
-	stopGC   context.CancelFunc
-	closeMu  sync.Mutex
-	closed   bool
-	serveErr chan error
+	cfg     Config
+	store   store.Store
+	bus     bus.Bus
+	gw      *gateway.Server
+	mqttLn  net.Listener
+	httpLn  net.Listener
+	httpSrv *http.Server
+	token   string // only set when the node made it or was given it
+	pkiDir  string
+	// serverCert is the server certificate's leaf, for DeviceAddr.
+	serverCert *x509.Certificate
+	stopGC     context.CancelFunc
+	closeMu    sync.Mutex
+	closed     bool
+	serveErr   chan error
 }
 
-// Start opens the store and bus, starts the gateway and the API, and
-// returns once both listen.
-func Start(ctx context.Context, cfg Config) (n *Node, err error) {
+// Start opens the listeners, the store and the bus, starts the gateway and
+// the API, and returns once both listen. A failure is a *StartError naming
+// what failed and what to do; nothing is printed and no admin token is
+// stored before the node is up.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.DataDir == "" {
 		cfg.DataDir = "thingline-data"
 	}
@@ -99,74 +109,97 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 			cfg.NodeID = "node"
 		}
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("node: creating data directory: %w", err)
-	}
-	n = &Node{cfg: cfg, serveErr: make(chan error, 2)}
-	defer func() {
-		if err != nil {
-			n.Close()
-		}
-	}()
-
-	tlsCert, deviceCAs, err := n.loadPKI()
-	if err != nil {
+	n := &Node{cfg: cfg, serveErr: make(chan error, 2)}
+	// n is not the named result: a failure must still close what was
+	// opened, with n intact.
+	if err := n.start(ctx); err != nil {
+		n.Close()
 		return nil, err
 	}
-	tokenHash, err := n.adminToken()
-	if err != nil {
-		return nil, err
-	}
+	return n, nil
+}
 
+func (n *Node) start(ctx context.Context) (err error) {
+	cfg := n.cfg
+	// The URLs' kinds are checked before anything is opened or made.
+	var storeKind string
 	switch u := cfg.StoreURL; {
 	case strings.HasPrefix(u, "postgres://"), strings.HasPrefix(u, "postgresql://"):
-		n.store, err = postgres.Open(ctx, u)
+		storeKind = "postgres"
 	case u == "":
-		n.store, err = sqlite.Open(ctx, filepath.Join(cfg.DataDir, "thingline.db"))
+		storeKind = "sqlite"
 	case strings.HasPrefix(u, "sqlite:"):
-		n.store, err = sqlite.Open(ctx, strings.TrimPrefix(strings.TrimPrefix(u, "sqlite:"), "//"))
+		storeKind = "sqlite-path"
 	default:
-		return nil, fmt.Errorf("node: --store %q: want postgres://… or sqlite:PATH", u)
+		return startErr("--store "+redactURL(u), errors.New("unknown kind of store"), "give postgres://USER@HOST/DB, sqlite:PATH, or nothing for SQLite in the data directory")
 	}
+	if u := cfg.BusURL; u != "" && !strings.HasPrefix(u, "nats://") && !strings.HasPrefix(u, "tls://") {
+		return startErr("--bus "+redactURL(u), errors.New("unknown kind of bus"), "give nats://HOST:PORT, or nothing for the in-process bus")
+	}
+	// Listeners first: a taken port is the commonest failure and costs
+	// nothing to find before the data directory is touched.
+	n.mqttLn, err = net.Listen("tcp", cfg.MQTTListen)
 	if err != nil {
-		return nil, fmt.Errorf("node: opening store: %w", err)
+		return startErr("device listener "+cfg.MQTTListen, err, listenHint(err, "--mqtt-listen"))
+	}
+	n.httpLn, err = net.Listen("tcp", cfg.HTTPListen)
+	if err != nil {
+		return startErr("API listener "+cfg.HTTPListen, err, listenHint(err, "--http-listen"))
+	}
+	if err := pki.MkdirPrivate(cfg.DataDir); err != nil {
+		return startErr("data directory "+cfg.DataDir, err, "check its permissions, or choose another with --data")
+	}
+	tlsCert, deviceCAs, pkiCreated, err := n.loadPKI()
+	if err != nil {
+		return err
+	}
+	tokenHash, commitToken, err := n.adminToken()
+	if err != nil {
+		return err
 	}
 
-	switch u := cfg.BusURL; {
-	case u == "":
-		n.bus = inproc.New()
-	case strings.HasPrefix(u, "nats://"), strings.HasPrefix(u, "tls://"):
-		n.bus, err = tlnats.Connect(u, "")
+	// Typed results first: a nil *postgres.Store in n.store would be a
+	// non-nil interface that Close then calls.
+	switch storeKind {
+	case "postgres":
+		st, err := postgres.Open(ctx, cfg.StoreURL)
+		if err == nil {
+			n.store = st
+		}
 		if err != nil {
-			return nil, err
+			return startErr("opening store "+storeName(cfg), err, "check that PostgreSQL is running and reachable and that --store is right")
 		}
 	default:
-		return nil, fmt.Errorf("node: --bus %q: want nats://…", u)
+		path := filepath.Join(cfg.DataDir, "thingline.db")
+		if storeKind == "sqlite-path" {
+			path = strings.TrimPrefix(strings.TrimPrefix(cfg.StoreURL, "sqlite:"), "//")
+		}
+		st, err := sqlite.Open(ctx, path)
+		if err != nil {
+			return startErr("opening store "+storeName(cfg), err, "check that the file is a thingline SQLite database and that its directory is writable")
+		}
+		n.store = st
+	}
+	if cfg.BusURL == "" {
+		n.bus = inproc.New()
+	} else {
+		b, err := tlnats.Connect(cfg.BusURL, "")
+		if err != nil {
+			return startErr("connecting to bus "+redactURL(cfg.BusURL), errors.Unwrap(err), "check that the NATS server is running and reachable and that --bus is right")
+		}
+		n.bus = b
 	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	n.gw, err = gateway.New(gateway.Config{
-		TLSCertificate: tlsCert,
-		DeviceCAs:      deviceCAs,
-		Profile:        cfg.Profile,
-		Store:          n.store,
-		Bus:            n.bus,
-		Node:           cfg.NodeID,
-		Logger:         cfg.Logger,
-		Registerer:     reg,
-	})
+	gwCfg := cfg.Gateway
+	gwCfg.TLSCertificate, gwCfg.DeviceCAs = tlsCert, deviceCAs
+	gwCfg.Profile, gwCfg.Store, gwCfg.Bus = cfg.Profile, n.store, n.bus
+	gwCfg.Node, gwCfg.Logger, gwCfg.Registerer = cfg.NodeID, cfg.Logger, reg
+	n.gw, err = gateway.New(gwCfg)
 	if err != nil {
-		return nil, fmt.Errorf("node: gateway: %w", err)
-	}
-	n.mqttLn, err = net.Listen("tcp", cfg.MQTTListen)
-	if err != nil {
-		return nil, fmt.Errorf("node: device listener: %w", err)
-	}
-	n.httpLn, err = net.Listen("tcp", cfg.HTTPListen)
-	if err != nil {
-		return nil, fmt.Errorf("node: HTTP listener: %w", err)
+		return startErr("starting the device gateway", err, "check the store and bus named in the error")
 	}
 	apiSrv := api.New(api.Config{
 		Store:          n.store,
@@ -175,12 +208,10 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 		Node:           cfg.NodeID,
 		Logger:         cfg.Logger,
 		Gatherer:       reg,
+		Registerer:     reg,
+		BodyTimeout:    cfg.APIBodyTimeout,
 	})
-	n.httpSrv = &http.Server{
-		Handler:           apiSrv,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-	}
+	n.httpSrv = api.HTTPServer(apiSrv)
 	gcCtx, stopGC := context.WithCancel(context.Background())
 	n.stopGC = stopGC
 	go governGC(gcCtx, n.gw.Packets, n.gw.Handshakes, cfg.Logger)
@@ -192,95 +223,134 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 		}
 		n.serveErr <- err
 	}()
+	// Up: only now is anything said or kept as if the node had started.
+	if err := commitToken(); err != nil {
+		return err
+	}
+	if pkiCreated {
+		fmt.Fprintf(cfg.Out, "thingline: created a development PKI in %s\n", n.pkiDir)
+		fmt.Fprintf(cfg.Out, "  devices trust the server with %s (flash it as server_chain.pem)\n", filepath.Join(n.pkiDir, "root-ca.crt"))
+		fmt.Fprintf(cfg.Out, "  device certificates are issued by %s (thingline factory inject --ca-dir %s)\n", filepath.Join(n.pkiDir, "device-ca.crt"), n.pkiDir)
+	}
 	cfg.Logger.Info("thingline node started", "node", cfg.NodeID, "mqtts", n.mqttLn.Addr().String(),
 		"http", n.httpLn.Addr().String(), "data", cfg.DataDir)
-	return n, nil
+	return nil
 }
 
 // loadPKI returns the server certificate and the device trust anchors,
 // making the development PKI on first start when none is given.
-func (n *Node) loadPKI() (tls.Certificate, []*x509.Certificate, error) {
+func (n *Node) loadPKI() (cert tls.Certificate, cas []*x509.Certificate, created bool, err error) {
 	cfg := n.cfg
 	n.pkiDir = filepath.Join(cfg.DataDir, "pki")
+	if cfg.TLSCert == "" && cfg.TLSKey != "" {
+		return cert, nil, false, startErr("--tls-key "+cfg.TLSKey, errors.New("given without --tls-cert"), "give the certificate with --tls-cert too")
+	}
+	if cfg.TLSCert != "" && cfg.TLSKey == "" {
+		return cert, nil, false, startErr("--tls-cert "+cfg.TLSCert, errors.New("given without --tls-key"), "give its private key with --tls-key too")
+	}
 	if cfg.TLSCert == "" || len(cfg.DeviceCAs) == 0 {
-		created, err := pki.EnsureDevPKI(cfg.DataDir, nil)
+		created, err = pki.EnsureDevPKI(cfg.DataDir, nil)
 		if err != nil {
-			return tls.Certificate{}, nil, fmt.Errorf("node: development PKI: %w", err)
-		}
-		if created {
-			fmt.Fprintf(cfg.Out, "thingline: created a development PKI in %s\n", n.pkiDir)
-			fmt.Fprintf(cfg.Out, "  devices trust the server with %s (flash it as server_chain.pem)\n", filepath.Join(n.pkiDir, "root-ca.crt"))
-			fmt.Fprintf(cfg.Out, "  device certificates are issued by %s (thingline factory inject --ca-dir %s)\n", filepath.Join(n.pkiDir, "device-ca.crt"), n.pkiDir)
+			return cert, nil, false, startErr("development PKI in "+n.pkiDir, err, "check the data directory's permissions, or give --tls-cert, --tls-key and --device-ca")
 		}
 	}
 	certFile, keyFile := cfg.TLSCert, cfg.TLSKey
 	if certFile == "" {
 		certFile, keyFile = filepath.Join(n.pkiDir, "server.crt"), filepath.Join(n.pkiDir, "server.key")
-	} else if keyFile == "" {
-		return tls.Certificate{}, nil, errors.New("node: --tls-cert needs --tls-key")
 	}
-	tlsCert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	cert, err = tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
-		return tls.Certificate{}, nil, fmt.Errorf("node: server certificate: %w", err)
+		return cert, nil, false, startErr("server certificate "+certFile+" with key "+keyFile, err,
+			"give a readable PEM certificate chain with --tls-cert and its own private key with --tls-key")
 	}
+	n.serverCert = cert.Leaf
 	caFiles := cfg.DeviceCAs
 	if len(caFiles) == 0 {
 		caFiles = []string{filepath.Join(n.pkiDir, "device-ca.crt")}
 	}
-	var cas []*x509.Certificate
+	const caHint = "give with --device-ca the PEM certificate of the CA that issues device certificates"
 	for _, f := range caFiles {
 		b, err := os.ReadFile(f)
 		if err != nil {
-			return tls.Certificate{}, nil, fmt.Errorf("node: device CA: %w", err)
+			return cert, nil, false, startErr("device CA "+f, err, caHint)
 		}
 		certs, err := pki.ParseCertsPEM(b)
 		if err != nil {
-			return tls.Certificate{}, nil, fmt.Errorf("node: device CA %s: %w", f, err)
+			return cert, nil, false, startErr("device CA "+f, err, caHint)
 		}
 		if len(certs) == 0 {
-			return tls.Certificate{}, nil, fmt.Errorf("node: device CA %s holds no certificate", f)
+			return cert, nil, false, startErr("device CA "+f, errors.New("holds no PEM certificate"), caHint)
 		}
 		for _, c := range certs {
 			if !c.IsCA {
-				return tls.Certificate{}, nil, fmt.Errorf("node: device CA %s: %q is not a CA certificate", f, c.Subject.CommonName)
+				return cert, nil, false, startErr("device CA "+f, fmt.Errorf("%q is not a CA certificate", c.Subject.CommonName), caHint)
 			}
 		}
 		cas = append(cas, certs...)
 	}
-	return tlsCert, cas, nil
+	return cert, cas, created, nil
 }
 
 // adminToken settles the admin token: the configured one, else the one
-// stored (as a hash) by an earlier start, else a new one, printed once.
-func (n *Node) adminToken() ([32]byte, error) {
+// stored (as a hash) by an earlier start, else a new one. Nothing is
+// stored or printed until commit is called, once the node is up: a start
+// that fails must not use up the one showing of a new token.
+func (n *Node) adminToken() (hash [32]byte, commit func() error, err error) {
 	hashFile := filepath.Join(n.cfg.DataDir, "admin-token.sha256")
-	if n.cfg.AdminToken != "" {
-		n.token = n.cfg.AdminToken
-		return api.HashToken(n.cfg.AdminToken), nil
-	}
+	var stored *[32]byte
 	if b, err := os.ReadFile(hashFile); err == nil {
 		var h [32]byte
 		raw, err := hex.DecodeString(strings.TrimSpace(string(b)))
 		if err != nil || len(raw) != 32 {
-			return h, fmt.Errorf("node: %s is corrupt; remove it to make a new token, or pass --admin-token", hashFile)
+			if n.cfg.AdminToken == "" {
+				return h, nil, startErr("admin token hash "+hashFile, errors.New("corrupt"), "remove it to make a new token, or pass --admin-token")
+			}
+		} else {
+			copy(h[:], raw)
+			stored = &h
 		}
-		copy(h[:], raw)
-		return h, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return [32]byte{}, fmt.Errorf("node: reading admin token: %w", err)
+		return hash, nil, startErr("admin token hash "+hashFile, err, "check the data directory's permissions")
+	}
+	store := func(h [32]byte) error {
+		if err := pki.WriteFileAtomic(hashFile, []byte(hex.EncodeToString(h[:])+"\n"), 0o600); err != nil {
+			return startErr("storing the admin token hash", err, "check the data directory's permissions")
+		}
+		return nil
+	}
+	if tok := n.cfg.AdminToken; tok != "" {
+		n.token = tok
+		h := api.HashToken(tok)
+		if stored != nil && *stored == h {
+			return h, func() error { return nil }, nil
+		}
+		return h, func() error {
+			if err := store(h); err != nil {
+				return err
+			}
+			if stored != nil {
+				fmt.Fprintf(n.cfg.Out, "thingline: the admin token given with --admin-token (or THINGLINE_ADMIN_TOKEN) replaces the one stored in %s; the old token no longer works\n", hashFile)
+			}
+			return nil
+		}, nil
+	}
+	if stored != nil {
+		return *stored, func() error { return nil }, nil
 	}
 	var raw [24]byte
 	if _, err := rand.Read(raw[:]); err != nil {
-		return [32]byte{}, err
+		return hash, nil, startErr("making an admin token", err, "check the system's random source")
 	}
 	tok := "tl_" + base64.RawURLEncoding.EncodeToString(raw[:])
 	h := api.HashToken(tok)
-	if err := pki.WriteFileAtomic(hashFile, []byte(hex.EncodeToString(h[:])+"\n"), 0o600); err != nil {
-		return h, fmt.Errorf("node: storing admin token hash: %w", err)
-	}
-	n.token = tok
-	fmt.Fprintf(n.cfg.Out, "thingline: admin API token (shown once, only its hash is kept): %s\n", tok)
-	return h, nil
+	return h, func() error {
+		if err := store(h); err != nil {
+			return err
+		}
+		n.token = tok
+		fmt.Fprintf(n.cfg.Out, "thingline: admin API token (shown once, only its hash is kept): %s\n", tok)
+		return nil
+	}, nil
 }
 
 // MQTTAddr is the device listener's address.

@@ -743,3 +743,22 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	}
 	return nil
 }
+
+// MkdirPrivate makes dir (and its parents) and leaves dir itself readable
+// by its owner only, whatever the umask and whatever its mode was: it holds
+// keys or a database with device data.
+func MkdirPrivate(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("making %s owner-only: %w", dir, err)
+		}
+	}
+	return nil
+}
