@@ -35,7 +35,10 @@ type Config struct {
 	AdminTokenHash [32]byte
 	Node           string
 	Logger         *slog.Logger
-	Gatherer       prometheus.Gatherer // for /metrics; nil means the default registry
+	Gatherer       prometheus.Gatherer   // for /metrics; nil means the default registry
+	Registerer     prometheus.Registerer // for the API's own counters; nil: kept, not registered
+	// BodyTimeout bounds the reading of a request body; 0 means 30 s.
+	BodyTimeout time.Duration
 	// Health reports whether the node is ready; nil means always.
 	Health func(ctx context.Context) error
 }
@@ -48,14 +51,17 @@ type Server struct {
 	cfg    Config
 	mux    *http.ServeMux
 	routes []route
+	met    *apiMetrics
 }
 
 // route is one entry of the API's route table; openapi.json documents each
 // of them (a test keeps the two in step).
 type route struct {
 	Method, Pattern string
-	Public          bool // no token needed
+	Public          bool  // no token needed
+	MaxBody         int64 // largest request body; 0 means 1 MiB
 	h               func(w http.ResponseWriter, r *http.Request) error
+	query           []queryParam // from openapi.json (see params.go)
 }
 
 //go:embed openapi.json
@@ -66,10 +72,17 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = defaultBodyTimeout
+	}
 	if cfg.Gatherer == nil {
 		cfg.Gatherer = prometheus.DefaultGatherer
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), met: newAPIMetrics(cfg.Registerer)}
+	queries, err := documentedQueries(openapiJSON)
+	if err != nil {
+		panic(err) // the embedded document; TestOpenAPIMatchesRoutes reads it too
+	}
 	metrics := promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})
 	s.routes = []route{
 		{Method: "GET", Pattern: "/healthz", Public: true, h: s.healthz},
@@ -97,6 +110,7 @@ func New(cfg Config) *Server {
 		{Method: "POST", Pattern: "/api/v1/factory/units", h: s.addUnits},
 	}
 	for _, rt := range s.routes {
+		rt.query = queries[rt.Method+" "+rt.Pattern]
 		s.mux.Handle(rt.Method+" "+rt.Pattern, s.wrap(rt))
 	}
 	// Anything else under /api/ answers in JSON, not with the mux's text.
@@ -139,7 +153,13 @@ func (s *Server) wrap(rt route) http.Handler {
 			writeError(w, http.StatusUnauthorized, "missing or invalid bearer token")
 			return
 		}
-		err := rt.h(w, r)
+		err := checkQuery(r, rt.query)
+		if err == nil {
+			s.limitBody(w, r, rt.MaxBody)
+			err = rt.h(w, r)
+		} else {
+			s.met.refused.WithLabelValues("bad-query").Inc()
+		}
 		if err == nil {
 			return
 		}

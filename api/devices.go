@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -219,15 +220,22 @@ func (s *Server) getAttributes(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// maxBody bounds request bodies: the API never needs more.
-const maxBody = 1 << 20
-
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
-	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	dec := json.NewDecoder(r.Body)
 	dec.UseNumber()
 	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		var te interface{ Timeout() bool }
+		if errors.As(err, &mbe) {
+			return errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", mbe.Limit)
+		} else if errors.As(err, &te) && te.Timeout() {
+			return errorf(http.StatusRequestTimeout, "request body not received in time")
+		}
 		return errorf(http.StatusBadRequest, "malformed JSON body: %v", err)
+	}
+	// One JSON value and nothing after it but white space.
+	if _, err := dec.Token(); err != io.EOF {
+		return errorf(http.StatusBadRequest, "malformed JSON body: data after the JSON value")
 	}
 	return nil
 }
