@@ -135,6 +135,9 @@ func Open(ctx context.Context, path string) (*Store, error) {
 // OpenOptions opens the store at path.
 func OpenOptions(ctx context.Context, path string, opt Options) (*Store, error) {
 	opt.defaults()
+	if err := privateFiles(path); err != nil {
+		return nil, fmt.Errorf("sqlite: opening %s: %w", path, err)
+	}
 	// In WAL mode, synchronous=NORMAL does not fsync the WAL at commit (it
 	// still syncs the WAL before and the database after every checkpoint).
 	// The syncer then fsyncs the WAL before any caller is acknowledged:
