@@ -185,15 +185,20 @@ func (t *Twin) State() State {
 
 // View returns what the getState RPC would answer.
 func (t *Twin) View() StateView {
+	// The identity and the device are replaced by boot: read both under
+	// the lock, once.
 	t.mu.Lock()
-	d := t.dev
+	d, id := t.dev, t.id
 	t.mu.Unlock()
 	if d != nil {
 		return d.view()
 	}
 	st := t.State()
-	v := StateView{SN: t.id.SN, MAC: t.id.MAC, FWTitle: FirmwareTitle, FWVersion: st.FWVersion,
+	v := StateView{FWTitle: FirmwareTitle, FWVersion: st.FWVersion,
 		Owner: st.Owner, IntervalMs: st.IntervalMs, BootCount: st.BootCount, PendingOTA: st.PendingOTA}
+	if id != nil { // nil before the first boot loaded it
+		v.SN, v.MAC = id.SN, id.MAC
+	}
 	if v.FWVersion == "" {
 		v.FWVersion = t.cfg.FirmwareVersion
 	}
