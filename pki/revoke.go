@@ -207,42 +207,50 @@ func (ca *CA) Revoke(serial, reason string, at time.Time) (Revocation, error) {
 // valid for validity (0 means 30 days), and returns its DER. Each call
 // takes the next CRL number and records it.
 func (ca *CA) CRL(validity time.Duration) ([]byte, error) {
-	if validity <= 0 {
-		validity = DefaultCRLValidity
-	}
 	var der []byte
 	err := updateRevocations(ca.Dir, func(r *Revocations) error {
 		r.CRLNumber++
-		now := time.Now()
-		tmpl := &x509.RevocationList{
-			Number:     big.NewInt(r.CRLNumber),
-			ThisUpdate: now.Add(-backdate),
-			NextUpdate: now.Add(validity),
-		}
-		for _, x := range r.Revoked {
-			n, err := ParseSerial(x.Serial)
-			if err != nil {
-				return err
-			}
-			code, err := ReasonCode(x.Reason)
-			if err != nil {
-				return err
-			}
-			tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, x509.RevocationListEntry{
-				SerialNumber:   n,
-				RevocationTime: x.RevokedAt,
-				ReasonCode:     code,
-			})
-		}
 		var err error
-		der, err = x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.Key)
-		if err != nil {
-			return fmt.Errorf("pki: signing crl: %w", err)
-		}
-		return nil
+		der, err = ca.SignCRL(r.CRLNumber, r.Revoked, validity)
+		return err
 	})
 	if err != nil {
 		return nil, err
+	}
+	return der, nil
+}
+
+// SignCRL signs a v2 CRL numbered number over entries with the CA's key,
+// valid from now (backdated for clock skew) for validity (0 means 30
+// days), and returns its DER. The caller keeps number strictly increasing.
+func (ca *CA) SignCRL(number int64, entries []Revocation, validity time.Duration) ([]byte, error) {
+	if validity <= 0 {
+		validity = DefaultCRLValidity
+	}
+	now := time.Now()
+	tmpl := &x509.RevocationList{
+		Number:     big.NewInt(number),
+		ThisUpdate: now.Add(-backdate),
+		NextUpdate: now.Add(validity),
+	}
+	for _, x := range entries {
+		n, err := ParseSerial(x.Serial)
+		if err != nil {
+			return nil, err
+		}
+		code, err := ReasonCode(x.Reason)
+		if err != nil {
+			return nil, err
+		}
+		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, x509.RevocationListEntry{
+			SerialNumber:   n,
+			RevocationTime: x.RevokedAt,
+			ReasonCode:     code,
+		})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("pki: signing crl: %w", err)
 	}
 	return der, nil
 }

@@ -34,6 +34,7 @@ type Store interface {
 	Events
 	Revocations
 	Units
+	Certificates
 	// Close flushes pending writes and releases the store.
 	Close() error
 }
