@@ -35,6 +35,7 @@ type Store interface {
 	Revocations
 	Units
 	Certificates
+	Alarms
 	// Close flushes pending writes and releases the store.
 	Close() error
 }
