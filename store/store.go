@@ -36,6 +36,9 @@ type Store interface {
 	Units
 	Certificates
 	Alarms
+	DeviceStates
+	Profiles
+	Retention
 	// Close flushes pending writes and releases the store.
 	Close() error
 }

@@ -47,6 +47,9 @@ func Run(t *testing.T, open Opener) {
 	t.Run("DeleteRecreate", func(t *testing.T) { testDeleteRecreate(t, open(t)) })
 	t.Run("Alarms", func(t *testing.T) { testAlarms(t, open(t)) })
 	t.Run("AlarmsConcurrent", func(t *testing.T) { testAlarmsConcurrent(t, open(t)) })
+	t.Run("DeviceStates", func(t *testing.T) { testDeviceStates(t, open(t)) })
+	t.Run("Profiles", func(t *testing.T) { testProfiles(t, open(t)) })
+	t.Run("Retention", func(t *testing.T) { testRetention(t, open(t)) })
 	t.Run("Close", func(t *testing.T) { testClose(t, open(t)) })
 }
 
