@@ -218,6 +218,8 @@ CREATE TABLE device_keys (
 	device bigint NOT NULL, key text NOT NULL, PRIMARY KEY (device, key)
 );
 `,
+	// Retention removes events oldest first.
+	`CREATE INDEX events_time ON events(time)`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

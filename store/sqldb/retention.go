@@ -8,12 +8,8 @@ import (
 	"github.com/thingline/thingline/store"
 )
 
-// events is a backend's table, with the same name and columns in both;
-// retention removes its rows oldest first, which needs an index on time.
-func init() {
-	Register(Migration{Name: "retention/001", SQL: `
-CREATE INDEX IF NOT EXISTS events_time ON events(time)`})
-}
+// events is a backend's table, with the same name and columns in both
+// and an index on time (their migrations).
 
 // DeleteEventsBefore implements store.Retention: one bounded DELETE, so a
 // step holds the write path only briefly.

@@ -319,6 +319,8 @@ CREATE TABLE meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 -- Every log seq up to compacted is in chunk/latest, every later one in tlog.
 INSERT INTO meta VALUES ('compacted', 0);
 `,
+	// Retention removes events oldest first.
+	`CREATE INDEX events_time ON events(time)`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
