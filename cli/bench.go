@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,6 +34,15 @@ import (
 func init() { register(newBenchCmd) }
 
 type benchOptions struct {
+	fleet            int
+	rates            []float64
+	fleetDuration    time.Duration
+	fleetConcurrency int
+	saturation       bool
+	store            string
+	bus              string
+	nodes            int
+
 	devices     int
 	duration    time.Duration
 	windows     []int
@@ -47,6 +57,8 @@ type benchOptions struct {
 // benchResult is one server's figures.
 type benchResult struct {
 	Server             string           `json:"server"`
+	FleetHandshakes    *fleetHandshakes `json:"fleetHandshakes,omitempty"`
+	Fleet              []fleetLevel     `json:"fleet"`      // one per --rate
 	Handshakes         []handshakeLevel `json:"handshakes"` // one per --concurrency
 	Publish            []publishLevel   `json:"publish"`    // one per --window
 	Acked              int64            `json:"acked"`      // over all publish levels
@@ -93,13 +105,23 @@ func newBenchCmd() *cobra.Command {
 	var o benchOptions
 	c := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure the gateway beside Mosquitto: handshakes/s, durable QoS 1 messages/s, latency, memory per connection, losses",
+		Short: "Measure the gateway beside Mosquitto at the fleet's shape and at saturation: CPU per message, latency, handshakes/s, memory, losses",
 		Long: `bench starts a thingline server (this binary's serve, fresh data directory,
-embedded defaults) and, when installed, Mosquitto 2 with require_certificate,
-and drives each in turn with the same load: N devices, each with its own
-P-256 certificate from the server's device CA.
+embedded defaults, or --store postgres://… with --nodes servers sharing it)
+and, when installed, Mosquitto 2 with require_certificate, and drives each in
+turn with the same load: devices, each with its own P-256 certificate from
+the server's device CA.
 
-Phases per server: for each --concurrency, N devices' first full mTLS
+First the fleet shape: --fleet devices connect (--fleet-concurrency
+handshakes at a time, the load generator verifying the server's chain on
+every one, as a device does), then for each --rate every device publishes
+one QoS 1 telemetry message per 1/rate seconds for --fleet-duration, open
+loop (whether or not its earlier messages are acknowledged), the devices'
+schedules spread evenly over the period. Reported: server CPU per
+acknowledged message, acknowledgement latency p50/p99/p99.9, messages sent
+and acknowledged, server memory.
+
+Then, with --saturation, the closed-loop levels: for each --concurrency, N devices' first full mTLS
 handshakes (+ CONNECT/CONNACK), that many at a time; for each --window,
 QoS 1 telemetry from every device for --duration with that many messages in
 flight per device; then --idle idle connections to measure server memory
@@ -109,8 +131,22 @@ each level. For thingline every acknowledged message is then looked up
 through the REST API: lost counts the acknowledged ones not found.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(o.windows) == 0 || len(o.concurrency) == 0 || o.devices <= 0 {
+			if o.saturation && (len(o.windows) == 0 || len(o.concurrency) == 0 || o.devices <= 0) {
 				return errors.New("bench: --devices, --window and --concurrency must be given")
+			}
+			if o.fleet < 0 || o.fleetConcurrency <= 0 || o.nodes < 1 {
+				return errors.New("bench: --fleet must not be negative, --fleet-concurrency and --nodes must be positive")
+			}
+			for _, r := range o.rates {
+				if r <= 0 || r > 1000 {
+					return fmt.Errorf("bench: a rate must be above 0 and at most 1000 messages per second, not %g", r)
+				}
+			}
+			if o.nodes > 1 && !strings.HasPrefix(o.store, "postgres") {
+				return errors.New("bench: several nodes need a shared --store postgres://…")
+			}
+			if !o.saturation {
+				o.concurrency, o.windows, o.devices = nil, nil, 0
 			}
 			for _, v := range append(slices.Clone(o.windows), o.concurrency...) {
 				if v <= 0 {
@@ -121,6 +157,14 @@ through the REST API: lost counts the acknowledged ones not found.`,
 		},
 	}
 	f := c.Flags()
+	f.IntVar(&o.fleet, "fleet", 10000, "devices of the fleet shape (0 skips it)")
+	f.Float64SliceVar(&o.rates, "rate", []float64{1, 2}, "fleet shape: messages per second per device; a phase for each")
+	f.DurationVar(&o.fleetDuration, "fleet-duration", 30*time.Second, "length of each fleet-shape phase")
+	f.IntVar(&o.fleetConcurrency, "fleet-concurrency", 64, "handshakes in progress while the fleet connects")
+	f.BoolVar(&o.saturation, "saturation", true, "also run the closed-loop saturation levels (--devices, --concurrency, --window)")
+	f.StringVar(&o.store, "store", "", "thingline's store: empty for SQLite, or postgres://… (a fresh schema is made and dropped)")
+	f.StringVar(&o.bus, "bus", "", "thingline's bus: empty for in-process, or nats://…")
+	f.IntVar(&o.nodes, "nodes", 1, "thingline nodes sharing the --store; devices are spread over them")
 	f.IntVar(&o.devices, "devices", 1000, "devices per handshake level; the last level's devices publish")
 	f.DurationVar(&o.duration, "duration", 10*time.Second, "length of each publish phase")
 	f.IntSliceVar(&o.windows, "window", []int{1, 4, 16}, "QoS 1 messages in flight per device; a publish phase for each")
@@ -131,6 +175,35 @@ through the REST API: lost counts the acknowledged ones not found.`,
 	f.StringVar(&o.work, "work", "", "working directory (default: a temporary one, removed afterwards)")
 	f.BoolVar(&o.jsonOut, "json", false, "print the results as JSON")
 	return c
+}
+
+// benchTarget is one server under load: one process, or the nodes of a
+// cluster, whose CPU and memory are summed.
+type benchTarget struct {
+	name  string
+	addrs []string
+	pids  []int
+	// lost looks the acknowledged messages up again; nil when the server
+	// stores nothing.
+	lost func(devs []loadgen.Device, conns []int, acked []int64, base int64) int64
+}
+
+func (t benchTarget) cpu() float64 {
+	sum := 0.0
+	for _, pid := range t.pids {
+		v, _ := cpuSeconds(pid)
+		sum += v
+	}
+	return sum
+}
+
+func (t benchTarget) rss() int64 {
+	var sum int64
+	for _, pid := range t.pids {
+		v, _ := rssKB(pid)
+		sum += v
+	}
+	return sum
 }
 
 func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
@@ -153,15 +226,45 @@ func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
 	var tokRaw [16]byte
 	rand.Read(tokRaw[:])
 	token := hex.EncodeToString(tokRaw[:])
+	runID := hex.EncodeToString(tokRaw[:3])
 
 	logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...) }
 
-	tl, err := startBenchServer(ctx, self, filepath.Join(work, "thingline"), token)
-	if err != nil {
-		return err
+	storeURL := o.store
+	if storeURL != "" {
+		u, drop, err := benchSchema(ctx, storeURL, "bench_"+runID)
+		if err != nil {
+			return err
+		}
+		defer drop()
+		storeURL = u
 	}
-	defer tl.stop()
-	pkiDir := filepath.Join(work, "thingline", "pki")
+	var nodes []*benchServer
+	defer func() {
+		for _, n := range nodes {
+			n.stop()
+		}
+	}()
+	pkiDir := filepath.Join(work, "thingline-1", "pki")
+	for k := 1; k <= o.nodes; k++ {
+		var extra []string
+		if storeURL != "" {
+			extra = append(extra, "--store", storeURL, "--node-id", fmt.Sprintf("bench-%d", k))
+		}
+		if o.bus != "" {
+			extra = append(extra, "--bus", o.bus)
+		}
+		if k > 1 {
+			// The other nodes serve the first one's PKI.
+			extra = append(extra, "--tls-cert", filepath.Join(pkiDir, "server.crt"), "--tls-key", filepath.Join(pkiDir, "server.key"),
+				"--device-ca", filepath.Join(pkiDir, "device-ca.crt"))
+		}
+		n, err := startBenchServer(ctx, self, filepath.Join(work, fmt.Sprintf("thingline-%d", k)), token, extra...)
+		if err != nil {
+			return err
+		}
+		nodes = append(nodes, n)
+	}
 	ca, err := pki.LoadCA(pkiDir)
 	if err != nil {
 		return err
@@ -173,23 +276,33 @@ func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(rootPEM)
 
-	n := max(o.devices*len(o.concurrency), o.idle)
+	// The saturation levels' devices first, then the fleet's: every
+	// handshake phase meets first connections. The idle phase reconnects
+	// the first ones.
+	sat := o.devices * len(o.concurrency)
+	n := max(sat+o.fleet, o.idle)
 	logf("issuing %d P-256 device certificates", n)
-	runID := hex.EncodeToString(tokRaw[:3])
 	devs, err := issueBenchDevices(ca, roots, n, "BENCH-"+runID+"-")
 	if err != nil {
 		return err
 	}
 
+	tl := benchTarget{name: "thingline", lost: func(devs []loadgen.Device, conns []int, acked []int64, base int64) int64 {
+		return countLost(nodes[0].httpAddr, token, devs, conns, acked, base, logf)
+	}}
+	for _, n := range nodes {
+		tl.addrs = append(tl.addrs, n.mqttAddr)
+		tl.pids = append(tl.pids, n.pid())
+	}
 	var results []benchResult
-	r, err := benchOne(ctx, "thingline", tl.mqttAddr, tl.pid(), devs, o, logf, func(devs []loadgen.Device, conns []int, acked []int64, base int64) int64 {
-		return countLost(tl.httpAddr, token, devs, conns, acked, base, logf)
-	})
+	r, err := benchOne(ctx, tl, devs, roots, o, logf)
 	if err != nil {
 		return err
 	}
 	results = append(results, r)
-	tl.stop()
+	for _, n := range nodes {
+		n.stop()
+	}
 
 	mosqBin := ""
 	switch o.mosquitto {
@@ -204,7 +317,8 @@ func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
 		if err != nil {
 			return err
 		}
-		r, err := benchOne(ctx, "mosquitto", m.addr, m.cmd.Process.Pid, devs, o, logf, nil)
+		mt := benchTarget{name: "mosquitto", addrs: []string{m.addr}, pids: []int{m.cmd.Process.Pid}}
+		r, err := benchOne(ctx, mt, devs, roots, o, logf)
 		m.stop()
 		if err != nil {
 			return err
@@ -219,7 +333,12 @@ func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(results)
 	}
-	printBench(out, o, results)
+	if o.fleet > 0 {
+		printFleet(out, o, results)
+	}
+	if o.saturation {
+		printBench(out, o, results)
+	}
 	return nil
 }
 
@@ -276,9 +395,16 @@ func issueBenchDevices(ca *pki.CA, roots *x509.CertPool, n int, prefix string) (
 	return devs, firstErr
 }
 
-func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.Device, o benchOptions,
-	logf func(string, ...any), lost func(devs []loadgen.Device, conns []int, acked []int64, base int64) int64) (benchResult, error) {
-	r := benchResult{Server: name, Lost: -1}
+func benchOne(ctx context.Context, t benchTarget, devs []loadgen.Device, roots *x509.CertPool, o benchOptions,
+	logf func(string, ...any)) (benchResult, error) {
+	r := benchResult{Server: t.name, Lost: -1}
+	name := t.name
+	sat := o.devices * len(o.concurrency)
+	if o.fleet > 0 {
+		if err := benchFleet(ctx, t, devs[sat:sat+o.fleet], roots, o, logf, &r); err != nil {
+			return r, err
+		}
+	}
 	var conns []*loadgen.Conn
 	var idx []int
 	var pubDevs []loadgen.Device
@@ -290,12 +416,10 @@ func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.De
 		// connection (for thingline, one that provisions a device).
 		pubDevs = devs[k*o.devices : (k+1)*o.devices]
 		logf("%s: %d handshakes, %d at a time", name, o.devices, conc)
-		cpu0, _ := cpuSeconds(pid)
-		gen0, _ := cpuSeconds(os.Getpid())
+		cpu0, gen0 := t.cpu(), selfCPU()
 		var hs loadgen.HandshakeResult
-		conns, idx, hs = loadgen.Connect(ctx, addr, pubDevs, conc)
-		cpu1, _ := cpuSeconds(pid)
-		gen1, _ := cpuSeconds(os.Getpid())
+		conns, idx, hs = loadgen.ConnectSpread(ctx, t.addrs, pubDevs, conc)
+		cpu1, gen1 := t.cpu(), selfCPU()
 		l := handshakeLevel{Concurrency: conc, PerS: hs.PerSecond(), Failed: hs.Failed}
 		if hs.Connected > 0 {
 			l.CPUPerHandshake = (cpu1 - cpu0) * 1000 / float64(hs.Connected)
@@ -316,11 +440,9 @@ func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.De
 		// more in the past, so that the lost check can tell them apart.
 		base := time.Now().Add(-24*time.Hour).UnixMilli() - int64(k)*100_000_000
 		logf("%s: publishing QoS 1 for %v, %d in flight per device", name, o.duration, window)
-		cpu1, _ := cpuSeconds(pid)
-		gen1, _ := cpuSeconds(os.Getpid())
+		cpu1, gen1 := t.cpu(), selfCPU()
 		pr := loadgen.Publish(ctx, conns, "v1/devices/me/telemetry", base, o.duration, window)
-		cpu2, _ := cpuSeconds(pid)
-		gen2, _ := cpuSeconds(os.Getpid())
+		cpu2, gen2 := t.cpu(), selfCPU()
 		l := publishLevel{Window: window, MsgsPerS: pr.PerSecond(), Acked: pr.Acked,
 			P50Ms: float64(pr.P50.Microseconds()) / 1000, P99Ms: float64(pr.P99.Microseconds()) / 1000}
 		if pr.Acked > 0 {
@@ -330,8 +452,8 @@ func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.De
 		r.Publish = append(r.Publish, l)
 		r.Acked += pr.Acked
 		logf("%s: %s", name, pr)
-		if lost != nil && lostSum >= 0 {
-			n := lost(pubDevs, idx, pr.AckedPerConn, base)
+		if t.lost != nil && lostSum >= 0 {
+			n := t.lost(pubDevs, idx, pr.AckedPerConn, base)
 			if n < 0 {
 				lostSum = -1
 			} else {
@@ -340,22 +462,16 @@ func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.De
 		}
 	}
 	loadgen.CloseAll(conns)
-	if lost != nil {
+	if t.lost != nil && len(o.windows) > 0 {
 		r.Lost = lostSum
 	}
 	if o.idle > 0 {
 		time.Sleep(o.settle) // let the server settle after the load, as after the idle storm
-		before, err := rssKB(pid)
-		if err != nil {
-			return r, err
-		}
+		before := t.rss()
 		logf("%s: opening %d idle connections (server RSS %d KB)", name, o.idle, before)
-		idleConns, _, ih := loadgen.Connect(ctx, addr, devs[:o.idle], o.concurrency[0])
+		idleConns, _, ih := loadgen.ConnectSpread(ctx, t.addrs, devs[:o.idle], idleConcurrency(o))
 		time.Sleep(o.settle)
-		after, err := rssKB(pid)
-		if err != nil {
-			return r, err
-		}
+		after := t.rss()
 		r.IdleConns = ih.Connected
 		r.IdleHandshakesPerS = ih.PerSecond()
 		if ih.Connected > 0 {
@@ -367,6 +483,15 @@ func benchOne(ctx context.Context, name, addr string, pid int, devs []loadgen.De
 		}
 	}
 	return r, nil
+}
+
+// idleConcurrency is the handshakes in progress while the idle connections
+// open: the first saturation level's, else the fleet's.
+func idleConcurrency(o benchOptions) int {
+	if len(o.concurrency) > 0 {
+		return o.concurrency[0]
+	}
+	return o.fleetConcurrency
 }
 
 // cpuSeconds is the CPU time (user + system) the process has used.
@@ -399,38 +524,63 @@ func rssKB(pid int) (int64, error) {
 	return 0, errors.New("no VmRSS in /proc status")
 }
 
-// countLost looks every acknowledged message up through the API.
+// countLost looks every acknowledged message up through the API, a few
+// devices at a time. It returns -1 when the check itself failed.
 func countLost(httpAddr, token string, devs []loadgen.Device, idx []int, acked []int64, base int64, logf func(string, ...any)) int64 {
-	var lost int64
 	client := &http.Client{Timeout: 30 * time.Second}
-	for k, i := range idx {
-		n := acked[k]
-		found := int64(0)
+	// found counts one device's acknowledged messages the API returns.
+	found := func(name string, n int64) (int64, error) {
+		var got int64
 		for from := int64(0); from < n; from += 10000 {
 			to := min(from+10000, n) - 1
 			u := fmt.Sprintf("http://%s/api/v1/devices/%s/telemetry?keys=seq&from=%d&to=%d&limit=10000&order=asc",
-				httpAddr, devs[i].Name, base+from, base+to)
+				httpAddr, name, base+from, base+to)
 			req, _ := http.NewRequest("GET", u, nil)
 			req.Header.Set("Authorization", "Bearer "+token)
 			resp, err := client.Do(req)
 			if err != nil {
-				logf("lost check: %v", err)
-				return -1
+				return 0, err
 			}
 			var res map[string][]json.RawMessage
 			err = json.NewDecoder(resp.Body).Decode(&res)
 			resp.Body.Close()
 			if err != nil {
-				logf("lost check: %s: %v", devs[i].Name, err)
-				return -1
+				return 0, fmt.Errorf("%s: %w", name, err)
 			}
-			found += int64(len(res["seq"]))
+			got += int64(len(res["seq"]))
 		}
-		if found < n {
-			lost += n - found
-		}
+		return got, nil
 	}
-	return lost
+	var lost atomic.Int64
+	var failed atomic.Bool
+	next := atomic.Int64{}
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !failed.Load() {
+				k := int(next.Add(1) - 1)
+				if k >= len(idx) {
+					return
+				}
+				n := acked[k]
+				got, err := found(devs[idx[k]].Name, n)
+				if err != nil {
+					if failed.CompareAndSwap(false, true) {
+						logf("lost check: %v", err)
+					}
+					return
+				}
+				lost.Add(max(0, n-got))
+			}
+		}()
+	}
+	wg.Wait()
+	if failed.Load() {
+		return -1
+	}
+	return lost.Load()
 }
 
 type benchServer struct {
@@ -456,8 +606,9 @@ func (s *benchServer) stop() {
 
 var benchAddrLine = regexp.MustCompile(`devices connect to mqtts://(\S+), API at http://(\S+)`)
 
-func startBenchServer(ctx context.Context, self, data, token string) (*benchServer, error) {
-	cmd := exec.Command(self, "serve", "--data", data, "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--admin-token", token)
+func startBenchServer(ctx context.Context, self, data, token string, extra ...string) (*benchServer, error) {
+	args := append([]string{"serve", "--data", data, "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--admin-token", token}, extra...)
+	cmd := exec.Command(self, args...)
 	pr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -559,8 +710,9 @@ use_identity_as_username true
 	return nil, errors.New("bench: mosquitto did not listen")
 }
 
-func printBench(out io.Writer, o benchOptions, rs []benchResult) {
-	fmt.Fprintf(out, "devices %d per handshake level, publish %v per window, %d idle connections\n\n", o.devices, o.duration, o.idle)
+// header writes a table's header: thingline, then each other server and
+// the ratio to it.
+func header(out io.Writer, rs []benchResult) {
 	fmt.Fprintf(out, "| metric | %s |", rs[0].Server)
 	for _, r := range rs[1:] {
 		fmt.Fprintf(out, " %s | ratio |", r.Server)
@@ -571,7 +723,13 @@ func printBench(out io.Writer, o benchOptions, rs []benchResult) {
 		fmt.Fprint(out, "---|---|")
 	}
 	fmt.Fprintln(out)
-	row := func(label string, v func(benchResult) float64, format string, higherBetter bool) {
+}
+
+// rowPrinter returns a function writing one row: the figure of each server
+// and, beside each other server's, the ratio oriented so that above 1 means
+// thingline is better.
+func rowPrinter(out io.Writer, rs []benchResult) func(label string, v func(benchResult) float64, format string, higherBetter bool) {
+	return func(label string, v func(benchResult) float64, format string, higherBetter bool) {
 		fmt.Fprintf(out, "| %s | "+format+" |", label, v(rs[0]))
 		for _, r := range rs[1:] {
 			ratio := v(rs[0]) / v(r)
@@ -582,6 +740,12 @@ func printBench(out io.Writer, o benchOptions, rs []benchResult) {
 		}
 		fmt.Fprintln(out)
 	}
+}
+
+func printBench(out io.Writer, o benchOptions, rs []benchResult) {
+	fmt.Fprintf(out, "saturation (closed loop): devices %d per handshake level, publish %v per window, %d idle connections\n\n", o.devices, o.duration, o.idle)
+	header(out, rs)
+	row := rowPrinter(out, rs)
 	hsRate := func(l handshakeLevel) float64 { return l.PerS }
 	msgRate := func(l publishLevel) float64 { return l.MsgsPerS }
 	for k, c := range o.concurrency {

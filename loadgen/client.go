@@ -25,6 +25,9 @@ type Conn struct {
 	nc  *tls.Conn
 	r   *bufio.Reader
 	buf bytes.Buffer
+	// small holds the body of a small packet (a PUBACK's is 2 bytes), so
+	// that reading acknowledgements allocates nothing.
+	small [8]byte
 }
 
 // Dial connects over TLS with cfg and completes CONNECT/CONNACK as
@@ -100,7 +103,8 @@ func (c *Conn) Publish(topic string, qos byte, id uint16, payload []byte) error 
 	return c.write(&pk)
 }
 
-// Read reads one packet and returns its fixed header and body.
+// Read reads one packet and returns its fixed header and body; a small
+// body is valid until the next Read.
 func (c *Conn) Read() (packets.FixedHeader, []byte, error) {
 	var fh packets.FixedHeader
 	b, err := c.r.ReadByte()
@@ -117,7 +121,12 @@ func (c *Conn) Read() (packets.FixedHeader, []byte, error) {
 	if n > 1<<20 {
 		return fh, nil, errors.New("loadgen: packet too large")
 	}
-	body := make([]byte, n)
+	var body []byte
+	if n <= len(c.small) {
+		body = c.small[:n]
+	} else {
+		body = make([]byte, n)
+	}
 	if _, err := io.ReadFull(c.r, body); err != nil {
 		return fh, nil, err
 	}

@@ -37,6 +37,12 @@ func (r HandshakeResult) PerSecond() float64 {
 // full TLS handshake (no resumption) followed by CONNECT/CONNACK. It
 // returns the open connections and, for each, the index of its device.
 func Connect(ctx context.Context, addr string, devs []Device, concurrency int) ([]*Conn, []int, HandshakeResult) {
+	return ConnectSpread(ctx, []string{addr}, devs, concurrency)
+}
+
+// ConnectSpread is Connect over several servers (the nodes of a cluster):
+// device i connects to addrs[i mod len(addrs)].
+func ConnectSpread(ctx context.Context, addrs []string, devs []Device, concurrency int) ([]*Conn, []int, HandshakeResult) {
 	conns := make([]*Conn, len(devs))
 	var failed atomic.Int64
 	var firstErr atomic.Value
@@ -52,7 +58,7 @@ func Connect(ctx context.Context, addr string, devs []Device, concurrency int) (
 				if i >= len(devs) {
 					return
 				}
-				c, err := Dial(addr, devs[i].TLS, devs[i].Name, 30*time.Second)
+				c, err := Dial(addrs[i%len(addrs)], devs[i].TLS, devs[i].Name, 30*time.Second)
 				if err != nil {
 					failed.Add(1)
 					firstErr.CompareAndSwap(nil, err)

@@ -7,11 +7,13 @@ import (
 )
 
 // TestBenchSmall runs `thingline bench` at a tiny scale: its own server,
-// devices with their own certificates, handshake and publish phases at two
-// levels each, the idle phase, and the lost-message check through the API.
-// When Mosquitto is installed it is driven too, as the benchmark does.
+// devices with their own certificates, the open-loop fleet shape at two
+// rates, handshake and publish phases at two levels each, the idle phase,
+// and the lost-message check through the API. When Mosquitto is installed
+// it is driven too, as the benchmark does.
 func TestBenchSmall(t *testing.T) {
-	cmd := exec.Command(binary, "bench", "--devices", "30", "--concurrency", "4,8", "--window", "1,4",
+	cmd := exec.Command(binary, "bench", "--fleet", "40", "--rate", "10,20", "--fleet-duration", "1s", "--fleet-concurrency", "8",
+		"--devices", "30", "--concurrency", "4,8", "--window", "1,4",
 		"--duration", "500ms", "--idle", "40", "--settle", "100ms", "--json")
 	out, err := cmd.Output()
 	if err != nil {
@@ -22,7 +24,22 @@ func TestBenchSmall(t *testing.T) {
 		t.Fatalf("bench: %v\n%s", err, stderr)
 	}
 	var results []struct {
-		Server     string `json:"server"`
+		Server          string `json:"server"`
+		FleetHandshakes struct {
+			Devices int     `json:"devices"`
+			PerS    float64 `json:"handshakesPerSecond"`
+			Failed  int     `json:"handshakesFailed"`
+		} `json:"fleetHandshakes"`
+		Fleet []struct {
+			Devices int     `json:"devices"`
+			Rate    float64 `json:"messagesPerSecondPerDevice"`
+			Sent    int64   `json:"sent"`
+			Acked   int64   `json:"acked"`
+			Unacked int64   `json:"unacked"`
+			Errors  int64   `json:"errors"`
+			P99Ms   float64 `json:"p99AckMs"`
+			Lost    int64   `json:"lost"`
+		} `json:"fleet"`
 		Handshakes []struct {
 			Concurrency int     `json:"concurrency"`
 			PerS        float64 `json:"handshakesPerSecond"`
@@ -49,6 +66,27 @@ func TestBenchSmall(t *testing.T) {
 		t.Fatalf("bench results for %d servers, first %q; want %d, thingline first:\n%s", len(results), results[0].Server, want, out)
 	}
 	for _, r := range results {
+		if fh := r.FleetHandshakes; fh.Devices != 40 || fh.Failed != 0 || fh.PerS <= 0 {
+			t.Errorf("%s: fleet handshakes %+v; want 40 devices connected", r.Server, fh)
+		}
+		if len(r.Fleet) != 2 || r.Fleet[0].Rate != 10 || r.Fleet[1].Rate != 20 {
+			t.Errorf("%s: fleet phases %+v; want rates 10 and 20", r.Server, r.Fleet)
+		}
+		for _, f := range r.Fleet {
+			// Open loop: 40 devices at 10 or 20 messages/s each for 1 s.
+			// Every message sent must be acknowledged, whatever the pace
+			// the machine allowed.
+			if f.Devices != 40 || f.Sent < 40 || f.Acked != f.Sent || f.Unacked != 0 || f.Errors != 0 || f.P99Ms <= 0 {
+				t.Errorf("%s: fleet phase %+v; want every message sent acknowledged", r.Server, f)
+			}
+			wantLost := int64(-1)
+			if r.Server == "thingline" {
+				wantLost = 0
+			}
+			if f.Lost != wantLost {
+				t.Errorf("%s: fleet phase at %g msg/s: lost %d; want %d", r.Server, f.Rate, f.Lost, wantLost)
+			}
+		}
 		if len(r.Handshakes) != 2 || r.Handshakes[0].Concurrency != 4 || r.Handshakes[1].Concurrency != 8 {
 			t.Errorf("%s: handshake levels %+v; want concurrency 4 and 8", r.Server, r.Handshakes)
 		}
