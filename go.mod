@@ -15,6 +15,7 @@ require (
 	github.com/prometheus/client_golang v1.25.0
 	github.com/schollz/progressbar/v3 v3.19.1
 	github.com/spf13/cobra v1.10.2
+	github.com/twmb/murmur3 v1.2.2
 	github.com/yeqown/go-qrcode/v2 v2.2.5
 	golang.org/x/image v0.34.0
 	golang.org/x/sys v0.48.0

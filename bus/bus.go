@@ -53,6 +53,10 @@ const (
 	TopicAlarms = "alarms" // an alarm was raised, acknowledged or cleared
 	TopicRPC    = "rpc"    // a persistent RPC changed status
 	TopicOTA    = "ota"    // a device's firmware update moved on
+	// TopicOTAReport carries, from the gateway to the OTA engine, what a
+	// device reported about its firmware (fw_state, current_fw_version…)
+	// once stored, and firmware download activity (gateway/ota.go).
+	TopicOTAReport = "ota-report"
 )
 
 // Bus is the messaging fabric shared by all nodes of a deployment.

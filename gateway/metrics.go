@@ -54,7 +54,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	m.byKind = map[string]prometheus.Counter{}
-	for _, k := range []string{"telemetry", "attributes", "attribute-request", "rpc-response", "rpc-request"} {
+	for _, k := range []string{"telemetry", "attributes", "attribute-request", "rpc-response", "rpc-request", "firmware-request"} {
 		m.byKind[k] = m.messages.WithLabelValues(k)
 	}
 	if reg == nil {

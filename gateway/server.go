@@ -70,6 +70,8 @@ type Server struct {
 	packets    atomic.Uint64 // packets read from devices since start
 	handshakes atomic.Uint64 // TLS handshakes attempted since start
 
+	fw fwCache // firmware packages being served (gateway/ota.go)
+
 	revMu   sync.RWMutex // leaf lock
 	revoked map[string]struct{}
 

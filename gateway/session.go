@@ -122,6 +122,7 @@ type session struct {
 	serverClosed bool
 	stopServe    func()
 	badCounts    map[string]int64
+	fw           fwSession
 	badTimer     *time.Timer
 
 	// ackMu guards the pipeline. It is never held with mu.
@@ -919,6 +920,7 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 			recs[i].DeviceID = ss.dev.ID
 		}
 		w.recs = recs
+		w.fn = ss.fwReport(recs, nil)
 		s.met.byKind["telemetry"].Inc()
 	case pubAttributes:
 		kv, err := parseAttributes(pk.Payload, ss.keys)
@@ -926,6 +928,7 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 			return ss.reject(w, badPayload, codePayloadFormat, err.Error())
 		}
 		w.attrs = kv
+		w.fn = ss.fwReport(nil, kv)
 		s.met.byKind["attributes"].Inc()
 	case pubAttrRequest:
 		req, err := parseAttrRequest(pk.Payload)
@@ -946,6 +949,8 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 		topic := rpcResponseTopic(id)
 		w.fn = func(ctx context.Context) { ss.answerClientRPC(topic, req) }
 		s.met.byKind["rpc-request"].Inc()
+	case pubFWRequest, pubSWRequest:
+		return ss.fwRequest(w, kind, id, pk.Payload)
 	case pubClaim:
 		w.reason, w.reasonStr = codeImplSpecific, "claiming is not supported"
 	case pubProvision:

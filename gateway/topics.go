@@ -18,6 +18,8 @@ const (
 	pubRPCRequest          // client-side RPC: v1/devices/me/rpc/request/{id}
 	pubClaim               // v1/devices/me/claim
 	pubProvision           // /provision/request
+	pubFWRequest           // v2/fw/request/{id}/chunk/{n} (gateway/ota.go)
+	pubSWRequest           // v2/sw/request/{id}/chunk/{n}
 )
 
 // style is the topic family a device used, so answers go back in kind.
@@ -67,6 +69,9 @@ func classifyPublish(topic string) (pubKind, style, string) {
 		if id, ok := cutEither(rest, "r/res/j/", "r/res/"); ok && validID(id) {
 			return pubRPCResponse, styleV2, id
 		}
+		if kind, id, ok := classifyOTA(rest); ok {
+			return kind, styleV2, id
+		}
 		return pubUnknown, styleV2, ""
 	}
 	if topic == "/provision/request" {
@@ -103,6 +108,7 @@ const (
 	subAttrResponse                // answers to attribute requests
 	subRPCRequest                  // server-side RPC requests
 	subRPCResponse                 // answers to client-side RPC
+	subFirmware                    // firmware chunks and errors (gateway/ota.go)
 	subOther                       // accepted but nothing is ever sent (OTA, provisioning)
 	numSubKinds
 )
@@ -124,7 +130,11 @@ func classifyFilter(f string) (subKind, style, bool) {
 		return subRPCRequest, styleV2, true
 	case v1Prefix + "rpc/response/+", v1Prefix + "rpc/response/#":
 		return subRPCResponse, styleV1, true
-	case "/provision/response", "v2/fw/response/+/chunk/+", "v2/sw/response/+/chunk/+", "v2/fw/error", "v2/sw/error":
+	case "v2/fw/response/+/chunk/+", "v2/fw/error", "v2/fw/response/+", "v2/fw/response/#":
+		// The last two are what ThingsBoard's SDKs subscribe to; chunks
+		// are sent whatever the filter (gateway/ota.go).
+		return subFirmware, styleV2, true
+	case "/provision/response", "v2/sw/response/+/chunk/+", "v2/sw/error":
 		return subOther, styleV1, true
 	}
 	return 0, 0, false

@@ -39,6 +39,7 @@ type Store interface {
 	DeviceStates
 	Profiles
 	Retention
+	OTA
 	// Close flushes pending writes and releases the store.
 	Close() error
 }

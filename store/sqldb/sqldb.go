@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/thingline/thingline/store"
 )
@@ -177,6 +178,23 @@ func NotFound(err error, what string) error {
 		return fmt.Errorf("%s: %w", what, store.ErrNotFound)
 	}
 	return err
+}
+
+// ToNS is how times are stored: Unix nanoseconds, 0 for the zero time
+// (exact, and the same in both backends).
+func ToNS(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// FromNS reads a time stored by ToNS.
+func FromNS(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
 }
 
 // Migration is one schema step of one concept.

@@ -20,20 +20,22 @@ var forbidden = map[string][]string{
 	"bus":   {"gateway", "api", "node", "store", "twin", "factory"},
 	// The shared SQL tables are part of the backends: only they import it.
 	"store/sqldb": {"gateway", "api", "node", "bus", "twin", "factory", "store/sqlite", "store/postgres"},
-	"gateway":     {"api", "node", "twin", "factory", "alarm", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
-	"api":         {"gateway", "node", "twin", "alarm", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
+	"gateway":     {"api", "node", "twin", "factory", "alarm", "ota", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
+	"api":         {"gateway", "node", "twin", "alarm", "ota", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
 	"pki":         {"gateway", "api", "node", "store", "bus", "twin", "factory"},
 	"spiffs":      {"gateway", "api", "node", "store", "bus", "twin", "factory", "pki"},
 	"parttable":   {"gateway", "api", "node", "store", "bus", "twin", "factory", "pki", "spiffs"},
 	"protocomm":   {"gateway", "api", "node", "store", "bus", "twin", "factory"},
 	"wifiprov":    {"gateway", "api", "node", "store", "bus", "twin", "factory"},
 	// The twin is a device: it reaches the cloud only over the network.
-	"twin":    {"gateway", "api", "node", "store", "bus"},
+	"twin":    {"gateway", "api", "node", "store", "bus", "ota"},
 	"factory": {"gateway", "node", "twin", "bus", "store/sqlite", "store/postgres"},
 	"loadgen": {"gateway", "api", "node", "store", "bus", "twin", "factory"},
 	// Alarms, device state and rules run beside the gateway, seeing it only
 	// through the vocabularies and the hook it declares.
 	"alarm": {"gateway", "api", "node", "twin", "factory", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
+	// Firmware checksums are a leaf the API, the OTA engine and the twin share.
+	"ota/checksum": {"gateway", "api", "node", "store", "bus", "twin", "factory", "pki", "ota"},
 }
 
 func TestForbiddenImports(t *testing.T) {

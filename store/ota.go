@@ -1,0 +1,180 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// ErrInUse is returned when something still refers to what is being
+// deleted (a firmware package assigned to a device, a profile or a rollout).
+var ErrInUse = errors.New("in use")
+
+// Firmware update states, named as ThingsBoard's fw_state values. QUEUED and
+// INITIATED are set by the server, the others reported by the device.
+// CANCELED is thingline's: a queued device of an aborted or superseded
+// rollout, never started.
+const (
+	OTAQueued      = "QUEUED"
+	OTAInitiated   = "INITIATED"
+	OTADownloading = "DOWNLOADING"
+	OTADownloaded  = "DOWNLOADED"
+	OTAVerified    = "VERIFIED"
+	OTAUpdating    = "UPDATING"
+	OTAUpdated     = "UPDATED"
+	OTAFailed      = "FAILED"
+	OTACanceled    = "CANCELED"
+)
+
+// OTATerminal tells whether state ends an update.
+func OTATerminal(state string) bool {
+	return state == OTAUpdated || state == OTAFailed || state == OTACanceled
+}
+
+// OTAPackage is an uploaded firmware image. Its bytes are read apart
+// (OTAPackageData): listings never carry megabytes.
+type OTAPackage struct {
+	ID                int64     `json:"id"`
+	Title             string    `json:"title"`
+	Version           string    `json:"version"`
+	Size              int64     `json:"size"`
+	Checksum          string    `json:"checksum"`          // as fw_checksum carries it
+	ChecksumAlgorithm string    `json:"checksumAlgorithm"` // SHA256, CRC32, MURMUR3_32…
+	SHA256            string    `json:"sha256"`            // always kept, whatever the algorithm
+	CreatedAt         time.Time `json:"createdAt"`
+}
+
+// Where a device's firmware target came from.
+const (
+	OTASourceDevice  = "device"  // assigned to this device
+	OTASourceProfile = "profile" // inherited from its profile's assignment
+	OTASourceRollout = "rollout" // a member of a staged rollout
+)
+
+// OTADevice is one device's firmware target and how far its update went.
+type OTADevice struct {
+	DeviceID  int64  `json:"-"`
+	Device    string `json:"device"` // filled in by reads
+	PackageID int64  `json:"package"`
+	Source    string `json:"source"`
+	RolloutID int64  `json:"rollout,omitempty"`
+	Wave      int    `json:"wave,omitempty"` // 0-based wave of the rollout
+	State     string `json:"state"`
+	Error     string `json:"error,omitempty"`
+	// Attempts counts the times the fw attributes were pushed for this
+	// target (first push, re-push after a reboot mid-update or silence).
+	Attempts       int       `json:"attempts"`
+	CurrentTitle   string    `json:"currentTitle,omitempty"` // last current_fw_title reported
+	CurrentVersion string    `json:"currentVersion,omitempty"`
+	StateAt        time.Time `json:"stateAt"`
+	Deadline       time.Time `json:"deadline,omitzero"` // zero: no deadline (QUEUED waiting for its wave)
+	// Rev is the row's revision: UpdateOTADevice writes only over the
+	// revision it read, which is how several nodes agree on who acts.
+	Rev int64 `json:"-"`
+}
+
+// OTADeviceQuery selects device rows; zero fields do not filter.
+type OTADeviceQuery struct {
+	RolloutID int64
+	PackageID int64
+	States    []string
+	DueBefore time.Time // non-terminal rows with a deadline at or before
+	Limit     int       // 0 means 1000
+}
+
+// OTAHistoryEntry is one state change of one device's update.
+type OTAHistoryEntry struct {
+	ID        int64     `json:"id"`
+	Time      time.Time `json:"time"`
+	PackageID int64     `json:"package"`
+	RolloutID int64     `json:"rollout,omitempty"`
+	State     string    `json:"state"`
+	Error     string    `json:"error,omitempty"`
+}
+
+// Rollout statuses.
+const (
+	RolloutRunning   = "running"
+	RolloutPaused    = "paused"
+	RolloutCompleted = "completed"
+	RolloutAborted   = "aborted"
+)
+
+// OTARollout is a staged update of a set of devices to one package.
+type OTARollout struct {
+	ID          int64  `json:"id"`
+	PackageID   int64  `json:"package"`
+	Profile     string `json:"profile,omitempty"` // when the devices were chosen by profile
+	Status      string `json:"status"`
+	PauseReason string `json:"pauseReason,omitempty"`
+	Waves       []int  `json:"waves"`       // device count of each wave
+	CurrentWave int    `json:"currentWave"` // 0-based index of the last wave started
+	Total       int    `json:"total"`
+	// SuccessPercent of the current wave must be UPDATED before the next
+	// wave starts.
+	SuccessPercent int `json:"successPercent"`
+	// FailureMax failures (since the last resume) pause the rollout.
+	FailureMax    int       `json:"failureMax"`
+	FailuresAcked int       `json:"failuresAcked"` // failures already counted at the last resume
+	CreatedAt     time.Time `json:"createdAt"`
+	UpdatedAt     time.Time `json:"updatedAt"`
+	Rev           int64     `json:"-"`
+}
+
+// OTARolloutMember is one device of a rollout with its outcome there.
+type OTARolloutMember struct {
+	DeviceID  int64     `json:"-"`
+	Device    string    `json:"device"`
+	Wave      int       `json:"wave"`
+	State     string    `json:"state"`
+	Error     string    `json:"error,omitempty"`
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// OTA stores firmware packages, per-device update state and rollouts.
+type OTA interface {
+	// CreateOTAPackage stores a package with its bytes; ErrExists when the
+	// title and version are taken.
+	CreateOTAPackage(ctx context.Context, p OTAPackage, data []byte) (OTAPackage, error)
+	GetOTAPackage(ctx context.Context, id int64) (OTAPackage, error)
+	OTAPackageData(ctx context.Context, id int64) ([]byte, error)
+	ListOTAPackages(ctx context.Context) ([]OTAPackage, error)
+	// DeleteOTAPackage refuses (ErrInUse) while a device, profile or
+	// unfinished rollout targets the package.
+	DeleteOTAPackage(ctx context.Context, id int64) error
+
+	// SetOTAProfile assigns a package to a profile (0 removes it).
+	SetOTAProfile(ctx context.Context, profile string, packageID int64) error
+	// GetOTAProfile returns the profile's package, 0 when none.
+	GetOTAProfile(ctx context.Context, profile string) (int64, error)
+
+	// PutOTADevice sets a device's target unconditionally (an
+	// assignment), recording the state in the history; a previous
+	// unfinished rollout membership of the device is canceled.
+	PutOTADevice(ctx context.Context, d OTADevice) (OTADevice, error)
+	// DeleteOTADevice removes a device's target (unassignment).
+	DeleteOTADevice(ctx context.Context, deviceID int64) error
+	GetOTADevice(ctx context.Context, deviceID int64) (OTADevice, error)
+	// UpdateOTADevice writes d only if the stored row's revision is still
+	// d.Rev (ok=false otherwise, nothing written). A state change is
+	// recorded in the history and in the rollout membership.
+	UpdateOTADevice(ctx context.Context, d OTADevice) (stored OTADevice, ok bool, err error)
+	ListOTADevices(ctx context.Context, q OTADeviceQuery) ([]OTADevice, error)
+	// OTAHistory returns a device's state changes at or after since,
+	// newest first (since is the ownership epoch's lower bound).
+	OTAHistory(ctx context.Context, deviceID int64, since time.Time, limit int) ([]OTAHistoryEntry, error)
+
+	// CreateOTARollout stores a rollout with its members and makes each
+	// member's device row QUEUED for it, in one transaction.
+	CreateOTARollout(ctx context.Context, r OTARollout, members []OTARolloutMember) (OTARollout, error)
+	GetOTARollout(ctx context.Context, id int64) (OTARollout, error)
+	// ListOTARollouts returns rollouts newest first, of one status when
+	// status is not empty.
+	ListOTARollouts(ctx context.Context, status string) ([]OTARollout, error)
+	// UpdateOTARollout writes r only over revision r.Rev.
+	UpdateOTARollout(ctx context.Context, r OTARollout) (stored OTARollout, ok bool, err error)
+	OTARolloutMembers(ctx context.Context, id int64) ([]OTARolloutMember, error)
+	// CancelOTARolloutQueued marks the rollout's still-QUEUED devices
+	// CANCELED (abort) and returns how many.
+	CancelOTARolloutQueued(ctx context.Context, id int64, reason string, at time.Time) (int, error)
+}
