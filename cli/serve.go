@@ -76,6 +76,13 @@ with --admin-token or THINGLINE_ADMIN_TOKEN.`,
 	f.BoolVar(&noCreate, "no-auto-provision", false, "refuse devices not already known instead of creating them")
 	f.BoolVar(&disconnectOnBadInput, "disconnect-on-bad-input", false, "MQTT 3.1.1: close the session on a refused message instead of acknowledging and dropping it")
 	f.DurationVar(&cfg.APIBodyTimeout, "api-body-timeout", 30*time.Second, "longest time a REST request body may take to arrive")
+	g := &cfg.Gateway
+	f.IntVar(&g.MaxConnsPerAddr, "max-conns-per-addr", gateway.DefaultMaxConnsPerAddr, "device connections one source address may hold at once (a NAT gateway is one address)")
+	f.IntVar(&g.MaxHandshakesPerAddr, "max-handshakes-per-addr", gateway.DefaultMaxHandshakesPerAddr, "TLS handshakes one source address may have in progress at once")
+	f.IntVar(&g.HandshakeRatePerAddr, "handshake-rate-per-addr", gateway.DefaultHandshakeRatePerAddr, "new device connections a second from one source address (bursts of twice that)")
+	f.DurationVar(&g.HelloTimeout, "hello-timeout", gateway.DefaultHelloTimeout, "time from accepting a device connection to its first TLS byte")
+	f.DurationVar(&g.IdleLimit, "idle-limit", gateway.DefaultIdleLimit, "a session without keep-alive is closed after this long without a packet")
+	f.IntVar(&g.TakeoversPerMinute, "takeovers-per-minute", gateway.DefaultTakeoversPerMinute, "takeovers of one device's session allowed a minute; more are refused")
 	f.IntVar(&maxPayload, "max-payload", 65536, "largest accepted PUBLISH payload in bytes")
 	return c
 }

@@ -19,6 +19,7 @@ type metrics struct {
 	rejected      *prometheus.CounterVec // reason
 	ackLatency    prometheus.Histogram
 	eventsDropped prometheus.Counter
+	cuts          *prometheus.CounterVec // reason: see admission.go
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -53,6 +54,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Audit events dropped because the event queue was full or the per-address limit was hit.",
 		}),
 	}
+	m.cuts = newCutsMetric()
 	m.byKind = map[string]prometheus.Counter{}
 	for _, k := range []string{"telemetry", "attributes", "attribute-request", "rpc-response", "rpc-request", "firmware-request"} {
 		m.byKind[k] = m.messages.WithLabelValues(k)
@@ -60,7 +62,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.sessions, m.handshakes, m.refusals, m.messages, m.rejected, m.ackLatency, m.eventsDropped} {
+	for _, c := range []prometheus.Collector{m.sessions, m.handshakes, m.refusals, m.messages, m.rejected, m.ackLatency, m.eventsDropped, m.cuts} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway: registering metrics: %w", err)
 		}

@@ -217,7 +217,13 @@ func (s *Server) onSessionNotice(data []byte) {
 // reconnect-loops), either of which an operator wants to know.
 func (s *Server) recordTakeover(device, oldAddr, newAddr, newNode string) {
 	detail, _ := json.Marshal(map[string]string{"oldAddr": oldAddr, "newAddr": newAddr, "oldNode": s.node, "newNode": newNode})
-	s.event(store.Event{Device: device, Kind: store.EventTakeover, Addr: newAddr, Detail: detail})
+	// Bounded like refusals: a device that keeps taking itself over writes
+	// a few events a minute, not one per reconnect.
+	if s.overLimit("takeover-event|"+device, s.cfg.RefusalEventsPerMinute) {
+		s.met.eventsDropped.Inc()
+	} else {
+		s.event(store.Event{Device: device, Kind: store.EventTakeover, Addr: newAddr, Detail: detail})
+	}
 	if oldAddr == newAddr {
 		return
 	}

@@ -36,10 +36,21 @@ type Config struct {
 	Registerer     prometheus.Registerer // nil: metrics are kept but not registered
 	Now            func() time.Time      // for tests; nil = time.Now
 
-	// MaxHandshakes caps concurrent TLS handshakes; 0 means 512. Accepting
-	// waits while the cap is reached, so a handshake flood queues in the
-	// kernel's backlog instead of in memory.
+	// MaxHandshakes caps concurrent TLS handshakes; 0 means 512. A
+	// connection takes a slot only once its client has sent its first byte
+	// (see admission.go).
 	MaxHandshakes int
+	// Per source address (see admission.go); 0 means the Default* value.
+	MaxConnsPerAddr      int           // connections held at once
+	MaxHandshakesPerAddr int           // handshakes in progress
+	HandshakeRatePerAddr int           // new connections a second (burst: twice that)
+	HelloTimeout         time.Duration // from accept to the client's first byte
+	// IdleLimit closes a session that sends nothing for this long when it
+	// asked for no keep-alive (or a longer one); 0 means 10 min.
+	IdleLimit time.Duration
+	// TakeoversPerMinute: a device identity taken over more often than this
+	// in a minute has further takeovers refused; 0 means 6.
+	TakeoversPerMinute int
 	// Timeout bounds the TLS handshake and, separately, the wait for
 	// CONNECT; 0 means 10 s.
 	Timeout time.Duration
@@ -93,7 +104,10 @@ type Server struct {
 	unitCountAt time.Time
 
 	hsSem chan struct{}
-	wg    sync.WaitGroup // connection goroutines
+
+	peerMu sync.Mutex // leaf lock
+	peers  map[string]*peer
+	wg     sync.WaitGroup // connection goroutines
 
 	events   chan store.Event
 	evWG     sync.WaitGroup
@@ -139,6 +153,7 @@ func New(cfg Config) (*Server, error) {
 		takeovers: map[string][]time.Time{},
 		clonedAt:  map[string]time.Time{},
 		limits:    map[string]*rateWindow{},
+		peers:     map[string]*peer{},
 		events:    make(chan store.Event, 4096),
 	}
 	if s.log == nil {
@@ -157,6 +172,7 @@ func New(cfg Config) (*Server, error) {
 	if s.cfg.RefusalEventsPerMinute <= 0 {
 		s.cfg.RefusalEventsPerMinute = 20
 	}
+	s.admissionDefaults()
 	s.hsSem = make(chan struct{}, s.cfg.MaxHandshakes)
 	// Topic, packet id and MQTT 5 properties around the payload.
 	s.maxPacket = prof.MaxPayload + 8192
@@ -298,10 +314,8 @@ func (s *Server) Serve(ln net.Listener) error {
 	}()
 	var backoff time.Duration
 	for {
-		s.hsSem <- struct{}{}
 		c, err := ln.Accept()
 		if err != nil {
-			<-s.hsSem
 			s.mu.Lock()
 			closed := s.closed
 			s.mu.Unlock()
@@ -320,7 +334,6 @@ func (s *Server) Serve(ln net.Listener) error {
 		if s.closed {
 			s.mu.Unlock()
 			c.Close()
-			<-s.hsSem
 			return nil
 		}
 		s.conns[c] = struct{}{}
@@ -411,11 +424,12 @@ func (s *Server) event(e store.Event) {
 // refused connections or bad messages cannot fill the disk with events.
 // limited applies to a "host:port" or any other key (a device name).
 func (s *Server) limited(addr, reason string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		host = addr
-	}
-	key := host + "|" + reason
+	return s.overLimit(hostOf(addr)+"|"+reason, s.cfg.RefusalEventsPerMinute)
+}
+
+// overLimit counts one more occurrence of key in its current minute and
+// tells whether that makes more than max.
+func (s *Server) overLimit(key string, max int) bool {
 	now := time.Now()
 	s.limitMu.Lock()
 	defer s.limitMu.Unlock()
@@ -428,7 +442,7 @@ func (s *Server) limited(addr, reason string) bool {
 		return false
 	}
 	w.n++
-	return w.n > s.cfg.RefusalEventsPerMinute
+	return w.n > max
 }
 
 // eventWriters is how many events may be on their way to the store at once.
@@ -448,11 +462,13 @@ func (s *Server) writeEvents() {
 // refuse records a refused connection.
 func (s *Server) refuse(addr string, r *refusal) {
 	s.met.refusals.WithLabelValues(r.reason).Inc()
-	s.log.Info("gateway: connection refused", "addr", addr, "reason", r.reason, "cn", r.cn, "serial", r.serial)
+	// Log lines are bounded as events are: a flood of refusals from one
+	// address is counted, not written out.
 	if s.limited(addr, r.reason) {
 		s.met.eventsDropped.Inc()
 		return
 	}
+	s.log.Info("gateway: connection refused", "addr", addr, "reason", r.reason, "cn", r.cn, "serial", r.serial)
 	s.event(store.Event{Device: r.device, Kind: store.EventRefused, Reason: r.reason, Addr: addr, Detail: r.detail()})
 }
 
@@ -462,32 +478,54 @@ func (s *Server) Packets() uint64 { return s.packets.Load() }
 // Handshakes is the number of TLS handshakes attempted since start.
 func (s *Server) Handshakes() uint64 { return s.handshakes.Load() }
 
-// serveConn runs one connection: handshake, CONNECT, then the session.
+// serveConn runs one connection: admission, the wait for the client's
+// first byte, the handshake, CONNECT, then the session.
 func (s *Server) serveConn(c net.Conn) {
-	released, handedOff := false, false
-	release := func() {
-		if !released {
-			released = true
-			<-s.hsSem
-		}
+	addr := c.RemoteAddr().String()
+	host := hostOf(addr)
+	start := time.Now()
+	p, why := s.admit(host, start)
+	if why != "" {
+		s.cut(addr, why)
+		c.Close()
+		s.forgetConn(c)
+		return
 	}
+	handedOff := false
+	var releaseHS func()
 	defer func() {
-		release()
+		if releaseHS != nil {
+			releaseHS()
+		}
 		if v := recover(); v != nil {
-			s.log.Error("gateway: connection panicked", "addr", c.RemoteAddr().String(), "panic", v)
+			s.log.Error("gateway: connection panicked", "addr", addr, "panic", v)
 		}
 		if !handedOff {
 			s.endConn(c)
 		}
 	}()
-	addr := c.RemoteAddr().String()
+	if err := s.awaitHello(c, start.Add(s.cfg.HelloTimeout)); err != nil {
+		if isTimeout(err) {
+			s.cut(addr, CutHelloTimeout)
+		}
+		return
+	}
+	// The handshake, its wait for slots included, has s.timeout from the
+	// client's first byte.
+	deadline := time.Now().Add(s.timeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	var err error
+	releaseHS, err = s.acquireHandshake(ctx, p)
+	if err != nil {
+		s.cut(addr, CutHandshakeTimout)
+		return
+	}
 	tc := tls.Server(c, s.tlsConf)
-	c.SetDeadline(time.Now().Add(s.timeout))
-	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-	err := tc.HandshakeContext(ctx)
-	cancel()
+	c.SetDeadline(deadline)
+	err = tc.HandshakeContext(ctx)
 	s.handshakes.Add(1)
-	release()
+	releaseHS()
 	if err != nil {
 		var r *refusal
 		if errors.As(err, &r) {
@@ -495,6 +533,9 @@ func (s *Server) serveConn(c net.Conn) {
 			s.refuse(addr, r)
 		} else {
 			s.met.handshakes.WithLabelValues("error").Inc()
+			if isTimeout(err) {
+				s.cut(addr, CutHandshakeTimout)
+			}
 			s.log.Debug("gateway: handshake failed", "addr", addr, "err", err)
 		}
 		return
@@ -512,6 +553,12 @@ func (s *Server) serveConn(c net.Conn) {
 // endConn releases what serveConn took for c.
 func (s *Server) endConn(c net.Conn) {
 	c.Close()
+	s.release(hostOf(c.RemoteAddr().String()))
+	s.forgetConn(c)
+}
+
+// forgetConn drops c from the server's connections.
+func (s *Server) forgetConn(c net.Conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()

@@ -651,6 +651,7 @@ func (ss *session) readFailed(err error) {
 		ss.badInput(badProtocol, err.Error())
 		ss.close(codeMalformed, "malformed packet")
 	} else if errors.As(err, &ne) && ne.Timeout() && !ss.closing.Load() {
+		ss.srv.met.cuts.WithLabelValues(CutIdle).Inc()
 		ss.close(codeKeepAliveTimeout, "keep alive timeout")
 	}
 }
@@ -672,6 +673,12 @@ func (ss *session) connect(pk *packets.Packet) (bool, error) {
 		return false, fmt.Errorf("gateway: invalid CONNECT: %s", code.Reason)
 	}
 	ss.keepAlive = time.Duration(pk.Connect.Keepalive) * time.Second
+	// No keep-alive still has an idle limit: a quiet session must not hold
+	// its connection forever. The read deadline is 1.5 keep-alives.
+	idleLimited := ss.keepAlive == 0
+	if idleLimited {
+		ss.keepAlive = s.cfg.IdleLimit * 2 / 3
+	}
 	if ss.ver == 5 {
 		ss.maxOut = pk.Properties.MaximumPacketSize
 		ss.noProblem = pk.Properties.RequestProblemInfoFlag && pk.Properties.RequestProblemInfo == 0
@@ -713,6 +720,17 @@ func (ss *session) connect(pk *packets.Packet) (bool, error) {
 		return false, errors.New("gateway: server closed")
 	}
 	old := s.sessions[ss.dev.Name]
+	if old != nil && !old.closing.Load() && s.overLimit("takeover|"+ss.dev.Name, s.cfg.TakeoversPerMinute) {
+		// Two holders of one identity (a clone, or a device in a reconnect
+		// loop) would otherwise take the session from each other for ever,
+		// each time with an event: the session in place stays.
+		s.mu.Unlock()
+		s.cut(ss.addr, CutTakeoverRate)
+		s.refuse(ss.addr, &refusal{reason: CutTakeoverRate, device: ss.dev.Name, cn: ss.leaf.Subject.CommonName, serial: ss.serial,
+			err: fmt.Errorf("more than %d takeovers of %s in a minute", s.cfg.TakeoversPerMinute, ss.dev.Name)})
+		ss.connack(ss.code(codeQuotaExceeded, v3ServerUnavailable), nil)
+		return false, errors.New("gateway: takeover rate exceeded")
+	}
 	s.sessions[ss.dev.Name] = ss
 	s.mu.Unlock()
 	s.met.sessions.Inc()
@@ -740,6 +758,10 @@ func (ss *session) connect(pk *packets.Packet) (bool, error) {
 		}
 		if pk.Connect.ClientIdentifier == "" {
 			props.AssignedClientID = ss.dev.Name
+		}
+		if idleLimited {
+			props.ServerKeepAlive = uint16(ss.keepAlive / time.Second)
+			props.ServerKeepAliveFlag = true
 		}
 	}
 	// Announce the session and take the device's commands before
