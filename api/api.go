@@ -96,6 +96,7 @@ func New(cfg Config) *Server {
 			return err
 		}},
 		{Method: "GET", Pattern: "/api/v1/devices", h: s.listDevices},
+		{Method: "GET", Pattern: "/api/v1/fleet", h: s.fleetSummary},
 		{Method: "GET", Pattern: "/api/v1/devices/{name}", h: s.getDevice},
 		{Method: "DELETE", Pattern: "/api/v1/devices/{name}", h: s.deleteDevice},
 		{Method: "GET", Pattern: "/api/v1/devices/{name}/credentials", h: s.listCredentials},

@@ -51,30 +51,6 @@ func (s *Server) device(r *http.Request) (store.Device, error) {
 	return d, err
 }
 
-func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
-	limit, err := queryInt(r, "limit", defaultLimit, 1, 1000)
-	if err != nil {
-		return err
-	}
-	after := r.URL.Query().Get("after")
-	ds, err := s.cfg.Store.ListDevices(r.Context(), store.ListOptions{After: after, Limit: int(limit)})
-	if err != nil {
-		return err
-	}
-	resp := struct {
-		Devices []store.Device `json:"devices"`
-		Next    string         `json:"next,omitempty"`
-	}{Devices: ds}
-	if resp.Devices == nil {
-		resp.Devices = []store.Device{}
-	}
-	if len(ds) == int(limit) {
-		resp.Next = ds[len(ds)-1].Name
-	}
-	writeJSON(w, http.StatusOK, resp)
-	return nil
-}
-
 func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) error {
 	d, err := s.device(r)
 	if err != nil {

@@ -58,12 +58,63 @@ type Device struct {
 	Node          string           `json:"node,omitempty"`     // node holding the live session, if online
 	Produced      *bool            `json:"produced,omitempty"` // nil when the factory registry is empty
 	Counters      map[string]int64 `json:"counters,omitempty"` // e.g. rejected messages per reason
+	// Firmware is the device's fw_version client attribute; only listings
+	// fill it, so that a fleet table shows it without a query per row.
+	Firmware string `json:"firmware,omitempty"`
 }
 
-// ListOptions pages through a listing ordered by name.
+// ListOptions selects and pages through devices. Paging is by key (the
+// sort key and the name of the last device of the previous page), never by
+// offset, so that the last page of 100,000 devices costs what the first does.
 type ListOptions struct {
-	After string // return names strictly after this one
-	Limit int    // 0 means the implementation's default (100)
+	After string // return devices strictly after this name (in the sort order)
+	// AfterKey is the sort key of the device named After, for sorts other
+	// than by name: the listing resumes after (AfterKey, After).
+	AfterKey int64
+	Limit    int // 0 means the implementation's default (100)
+
+	Sort DeviceSort // "" sorts by name
+	Desc bool       // descending
+
+	// Filters; the zero value of each selects every device.
+	Search   string // case-insensitive substring of the name (the SN)
+	Online   *bool
+	Profile  string
+	Firmware string // the fw_version client attribute
+}
+
+// DeviceSort is the order of a device listing. Every order is made total by
+// the name.
+type DeviceSort string
+
+const (
+	SortName     DeviceSort = "name"
+	SortLastSeen DeviceSort = "lastSeen" // key: LastSeenAt in Unix nanoseconds (0 for never)
+	SortCreated  DeviceSort = "created"  // key: the device ID, which grows with creation
+)
+
+// SortKey is d's key in the order s, the value of ListOptions.AfterKey that
+// resumes a listing after d.
+func (s DeviceSort) SortKey(d Device) int64 {
+	switch s {
+	case SortLastSeen:
+		if d.LastSeenAt.IsZero() {
+			return 0
+		}
+		return d.LastSeenAt.UnixNano()
+	case SortCreated:
+		return d.ID
+	}
+	return 0
+}
+
+// Valid tells whether s is a known order.
+func (s DeviceSort) Valid() bool {
+	switch s {
+	case "", SortName, SortLastSeen, SortCreated:
+		return true
+	}
+	return false
 }
 
 // Devices stores device records.
@@ -80,6 +131,11 @@ type Devices interface {
 	GetDevice(ctx context.Context, name string) (Device, error)
 	GetDeviceByID(ctx context.Context, id int64) (Device, error)
 	ListDevices(ctx context.Context, opt ListOptions) ([]Device, error)
+	// CountDevices counts the devices opt's filters select (paging and
+	// order are ignored).
+	CountDevices(ctx context.Context, opt ListOptions) (int64, error)
+	// FleetSummary aggregates the whole fleet for an overview.
+	FleetSummary(ctx context.Context, now time.Time) (FleetSummary, error)
 	// DeleteDevice removes the device with its credentials, attributes and
 	// telemetry. Events are kept: they are the audit trail.
 	DeleteDevice(ctx context.Context, name string) error
@@ -91,6 +147,41 @@ type Devices interface {
 	ResetNode(ctx context.Context, node string) error
 	// AddCounter adds delta to the named per-device counter.
 	AddCounter(ctx context.Context, id int64, name string, delta int64) error
+}
+
+// FleetSummary is the fleet at a glance.
+type FleetSummary struct {
+	Devices  int64            `json:"devices"`
+	Online   int64            `json:"online"`
+	Profiles map[string]int64 `json:"profiles"` // devices per profile
+	Firmware map[string]int64 `json:"firmware"` // devices per fw_version client attribute ("" for none reported)
+	// CertExpiry counts devices by when their newest certificate expires,
+	// one entry per bucket of ExpiryBuckets, in that order.
+	CertExpiry []ExpiryBucket `json:"certExpiry"`
+}
+
+// ExpiryBucket is one bar of the certificate-expiry histogram: devices
+// whose newest certificate expires before Before (and after the previous
+// bucket's bound).
+type ExpiryBucket struct {
+	Label  string `json:"label"`
+	Before int64  `json:"before,omitempty"` // Unix ms; 0 for the open last bucket
+	Count  int64  `json:"count"`
+}
+
+// ExpiryBuckets are the bounds of the certificate-expiry histogram, from
+// now: expired, within a week, a month, a quarter, a year, later.
+func ExpiryBuckets(now time.Time) []ExpiryBucket {
+	day := 24 * time.Hour
+	b := []ExpiryBucket{
+		{Label: "expired", Before: now.UnixMilli()},
+		{Label: "≤ 7 days", Before: now.Add(7 * day).UnixMilli()},
+		{Label: "≤ 30 days", Before: now.Add(30 * day).UnixMilli()},
+		{Label: "≤ 90 days", Before: now.Add(90 * day).UnixMilli()},
+		{Label: "≤ 1 year", Before: now.Add(365 * day).UnixMilli()},
+		{Label: "later"},
+	}
+	return b
 }
 
 // ProvisioningEvent is the event EnsureDevice records for its outcome: ev

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/thingline/thingline/store"
+	"github.com/thingline/thingline/store/devicesql"
 )
 
 const (
@@ -207,13 +209,18 @@ func (s *Store) ListDevices(ctx context.Context, opt store.ListOptions) ([]store
 	}
 	var out []store.Device
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, "SELECT "+deviceCols+" FROM devices WHERE name COLLATE \"C\" > $1 ORDER BY name COLLATE \"C\" LIMIT $2",
-			opt.After, normLimit(opt.Limit))
+		q, args, err := devicesql.List(devicesql.Postgres, deviceCols, opt, normLimit(opt.Limit))
+		if err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, q, args...)
 		if err != nil {
 			return err
 		}
 		for rows.Next() {
-			d, err := scanDevice(rows)
+			var fw sql.NullString
+			d, err := scanDevice(devicesql.WithFirmware{Scanner: rows, FW: &fw})
+			d.Firmware = devicesql.Firmware(fw)
 			if err != nil {
 				rows.Close()
 				return err

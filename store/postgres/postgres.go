@@ -220,6 +220,13 @@ CREATE TABLE device_keys (
 `,
 	// Retention removes events oldest first.
 	`CREATE INDEX events_time ON events(time)`,
+	`
+-- Device listings page by key in each order and filter (devicesql).
+CREATE INDEX devices_name_c ON devices(name COLLATE "C");
+CREATE INDEX devices_last_seen ON devices(last_seen_at, name COLLATE "C");
+CREATE INDEX devices_online ON devices(online, name COLLATE "C");
+CREATE INDEX devices_profile ON devices(profile, name COLLATE "C");
+`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

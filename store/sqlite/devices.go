@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/thingline/thingline/store"
+	"github.com/thingline/thingline/store/devicesql"
 )
 
 // Times are stored as Unix nanoseconds (0 for the zero time), which keeps
@@ -206,14 +207,19 @@ func (s *Store) ListDevices(ctx context.Context, opt store.ListOptions) ([]store
 		return nil, fmt.Errorf("sqlite: listing devices: %w", err)
 	}
 	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, "SELECT "+deviceCols+" FROM devices WHERE name > ? ORDER BY name LIMIT ?",
-		opt.After, normLimit(opt.Limit))
+	q, args, err := devicesql.List(devicesql.SQLite, deviceCols, opt, normLimit(opt.Limit))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: listing devices: %w", err)
+	}
+	rows, err := tx.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: listing devices: %w", err)
 	}
 	var out []store.Device
 	for rows.Next() {
-		d, err := scanDevice(rows)
+		var fw sql.NullString
+		d, err := scanDevice(devicesql.WithFirmware{Scanner: rows, FW: &fw})
+		d.Firmware = devicesql.Firmware(fw)
 		if err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("sqlite: listing devices: %w", err)

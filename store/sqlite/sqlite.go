@@ -321,6 +321,12 @@ INSERT INTO meta VALUES ('compacted', 0);
 `,
 	// Retention removes events oldest first.
 	`CREATE INDEX events_time ON events(time)`,
+	`
+-- Device listings page by key in each order and filter (devicesql).
+CREATE INDEX devices_last_seen ON devices(last_seen_at, name);
+CREATE INDEX devices_online ON devices(online, name);
+CREATE INDEX devices_profile ON devices(profile, name);
+`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

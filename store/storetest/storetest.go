@@ -35,6 +35,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Devices", func(t *testing.T) { testDevices(t, open(t)) })
 	t.Run("EnsureDeviceConcurrent", func(t *testing.T) { testEnsureConcurrent(t, open(t)) })
 	t.Run("Online", func(t *testing.T) { testOnline(t, open(t)) })
+	t.Run("DeviceList", func(t *testing.T) { testDeviceList(t, open(t)) })
 	t.Run("Attributes", func(t *testing.T) { testAttributes(t, open(t)) })
 	t.Run("Events", func(t *testing.T) { testEvents(t, open(t)) })
 	t.Run("Revocations", func(t *testing.T) { testRevocations(t, open(t)) })
