@@ -29,6 +29,7 @@ import (
 	"github.com/thingline/thingline/api"
 	"github.com/thingline/thingline/bus"
 	"github.com/thingline/thingline/bus/inproc"
+	"github.com/thingline/thingline/console"
 	tlnats "github.com/thingline/thingline/bus/nats"
 	"github.com/thingline/thingline/gateway"
 	"github.com/thingline/thingline/pki"
@@ -211,7 +212,15 @@ func (n *Node) start(ctx context.Context) (err error) {
 		Registerer:     reg,
 		BodyTimeout:    cfg.APIBodyTimeout,
 	})
-	n.httpSrv = api.HTTPServer(apiSrv)
+	// The console shares the API's address: its pages under /console/,
+	// its data through the API handler itself.
+	root := http.NewServeMux()
+	root.Handle("/", apiSrv)
+	con := console.New(console.Config{API: apiSrv, Logger: cfg.Logger})
+	root.Handle("/console/", con)
+	root.Handle("GET /console", con)
+	root.Handle("GET /{$}", con)
+	n.httpSrv = api.HTTPServer(root)
 	gcCtx, stopGC := context.WithCancel(context.Background())
 	n.stopGC = stopGC
 	go governGC(gcCtx, n.gw.Packets, n.gw.Handshakes, cfg.Logger)
