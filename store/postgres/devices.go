@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/thingline/thingline/store"
-	"github.com/thingline/thingline/store/devicesql"
+	"github.com/thingline/thingline/store/sqldb"
 )
 
 const (
@@ -209,7 +209,7 @@ func (s *Store) ListDevices(ctx context.Context, opt store.ListOptions) ([]store
 	}
 	var out []store.Device
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
-		q, args, err := devicesql.List(devicesql.Postgres, deviceCols, opt, normLimit(opt.Limit))
+		q, args, err := sqldb.DeviceList(sqldb.Postgres, deviceCols, opt, normLimit(opt.Limit))
 		if err != nil {
 			return err
 		}
@@ -219,8 +219,8 @@ func (s *Store) ListDevices(ctx context.Context, opt store.ListOptions) ([]store
 		}
 		for rows.Next() {
 			var fw sql.NullString
-			d, err := scanDevice(devicesql.WithFirmware{Scanner: rows, FW: &fw})
-			d.Firmware = devicesql.Firmware(fw)
+			d, err := scanDevice(sqldb.WithFirmware{Scanner: rows, FW: &fw})
+			d.Firmware = sqldb.Firmware(fw)
 			if err != nil {
 				rows.Close()
 				return err

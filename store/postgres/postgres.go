@@ -221,7 +221,7 @@ CREATE TABLE device_keys (
 	// Retention removes events oldest first.
 	`CREATE INDEX events_time ON events(time)`,
 	`
--- Device listings page by key in each order and filter (devicesql).
+-- Device listings page by key in each order and filter (sqldb.DeviceList).
 CREATE INDEX devices_name_c ON devices(name COLLATE "C");
 CREATE INDEX devices_last_seen ON devices(last_seen_at, name COLLATE "C");
 CREATE INDEX devices_online ON devices(online, name COLLATE "C");

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/thingline/thingline/store"
-	"github.com/thingline/thingline/store/devicesql"
+	"github.com/thingline/thingline/store/sqldb"
 )
 
 // Times are stored as Unix nanoseconds (0 for the zero time), which keeps
@@ -207,7 +207,7 @@ func (s *Store) ListDevices(ctx context.Context, opt store.ListOptions) ([]store
 		return nil, fmt.Errorf("sqlite: listing devices: %w", err)
 	}
 	defer tx.Rollback()
-	q, args, err := devicesql.List(devicesql.SQLite, deviceCols, opt, normLimit(opt.Limit))
+	q, args, err := sqldb.DeviceList(sqldb.SQLite, deviceCols, opt, normLimit(opt.Limit))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: listing devices: %w", err)
 	}
@@ -218,8 +218,8 @@ func (s *Store) ListDevices(ctx context.Context, opt store.ListOptions) ([]store
 	var out []store.Device
 	for rows.Next() {
 		var fw sql.NullString
-		d, err := scanDevice(devicesql.WithFirmware{Scanner: rows, FW: &fw})
-		d.Firmware = devicesql.Firmware(fw)
+		d, err := scanDevice(sqldb.WithFirmware{Scanner: rows, FW: &fw})
+		d.Firmware = sqldb.Firmware(fw)
 		if err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("sqlite: listing devices: %w", err)

@@ -322,7 +322,7 @@ INSERT INTO meta VALUES ('compacted', 0);
 	// Retention removes events oldest first.
 	`CREATE INDEX events_time ON events(time)`,
 	`
--- Device listings page by key in each order and filter (devicesql).
+-- Device listings page by key in each order and filter (sqldb.DeviceList).
 CREATE INDEX devices_last_seen ON devices(last_seen_at, name);
 CREATE INDEX devices_online ON devices(online, name);
 CREATE INDEX devices_profile ON devices(profile, name);

@@ -1,13 +1,17 @@
-// Package devicesql builds the SQL of device listings, counts and the fleet
-// summary for both SQL backends (store/sqlite, store/postgres), which differ
-// only in placeholders, collation and case-insensitive matching.
+package sqldb
+
+// Device listings, counts and the fleet summary. The devices table itself
+// stays in each backend (it is on the telemetry path's hot side), but the
+// queries that select and aggregate it for people are the same in both, so
+// they are written here once.
 //
 // Listings page by key: the WHERE clause resumes after the (sort key, name)
 // of the previous page's last row, and each order has an index that serves
-// it, so any page of a large fleet costs what the first one does.
-package devicesql
+// it (each backend's migrations), so any page of a large fleet costs what
+// the first one does.
 
 import (
+	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
@@ -18,22 +22,23 @@ import (
 	"github.com/thingline/thingline/store"
 )
 
-// Dialect is what differs between the backends.
-type Dialect struct {
-	// Placeholder returns the n-th (1-based) parameter marker.
-	Placeholder func(n int) string
-	// Name is the name column as it must be compared and ordered: byte
-	// order in both backends.
-	Name string
-	// Like is the case-insensitive pattern operator.
-	Like string
+// nameCol is the name column as listings compare and order it: byte
+// order in both backends.
+func nameCol(d Dialect) string {
+	if d == Postgres {
+		return `name COLLATE "C"`
+	}
+	return "name"
 }
 
-// SQLite is the dialect of store/sqlite (LIKE ignores ASCII case there).
-var SQLite = Dialect{Placeholder: func(int) string { return "?" }, Name: "name", Like: "LIKE"}
-
-// Postgres is the dialect of store/postgres.
-var Postgres = Dialect{Placeholder: func(n int) string { return "$" + strconv.Itoa(n) }, Name: `name COLLATE "C"`, Like: "ILIKE"}
+// likeOp is the case-insensitive pattern operator (SQLite's LIKE ignores
+// ASCII case).
+func likeOp(d Dialect) string {
+	if d == Postgres {
+		return "ILIKE"
+	}
+	return "LIKE"
+}
 
 // FirmwareCol is a column expression with the device's fw_version client
 // attribute as stored JSON text (NULL when not reported).
@@ -45,9 +50,10 @@ type builder struct {
 	args  []any
 }
 
+// arg adds a parameter; queries are spelled with ? and rebound at the end.
 func (b *builder) arg(v any) string {
 	b.args = append(b.args, v)
-	return b.d.Placeholder(len(b.args))
+	return "?"
 }
 
 // likeEscape escapes the pattern characters of s for LIKE … ESCAPE '\'.
@@ -58,7 +64,7 @@ func likeEscape(s string) string {
 
 func (b *builder) filters(o store.ListOptions) {
 	if o.Search != "" {
-		b.where = append(b.where, "name "+b.d.Like+" "+b.arg("%"+likeEscape(o.Search)+"%")+` ESCAPE '\'`)
+		b.where = append(b.where, "name "+likeOp(b.d)+" "+b.arg("%"+likeEscape(o.Search)+"%")+` ESCAPE '\'`)
 	}
 	if o.Online != nil {
 		b.where = append(b.where, "online = "+b.arg(*o.Online))
@@ -89,9 +95,9 @@ func sortCol(s store.DeviceSort) string {
 	return ""
 }
 
-// List returns the query selecting cols plus FirmwareCol (last) of the
+// DeviceList returns the query selecting cols plus FirmwareCol (last) of the
 // devices o selects, in its order, one page.
-func List(d Dialect, cols string, o store.ListOptions, limit int) (string, []any, error) {
+func DeviceList(d Dialect, cols string, o store.ListOptions, limit int) (string, []any, error) {
 	if !o.Sort.Valid() {
 		return "", nil, fmt.Errorf("unknown device order %q", o.Sort)
 	}
@@ -107,9 +113,9 @@ func List(d Dialect, cols string, o store.ListOptions, limit int) (string, []any
 	case col == "":
 		// Ascending from "" selects every name, as listings always did.
 		if !o.Desc || o.After != "" {
-			b.where = append(b.where, d.Name+" "+cmp+" "+b.arg(o.After))
+			b.where = append(b.where, nameCol(d)+" "+cmp+" "+b.arg(o.After))
 		}
-		order = d.Name + " " + dir
+		order = nameCol(d) + " " + dir
 	case col == "id":
 		if o.After != "" {
 			b.where = append(b.where, "id "+cmp+" "+b.arg(o.AfterKey))
@@ -119,32 +125,25 @@ func List(d Dialect, cols string, o store.ListOptions, limit int) (string, []any
 		if o.After != "" {
 			// A row value: both backends compare it lexicographically
 			// and walk the (col, name) index with it.
-			b.where = append(b.where, fmt.Sprintf("(%s, %s) %s (%s, %s)", col, d.Name, cmp, b.arg(o.AfterKey), b.arg(o.After)))
+			b.where = append(b.where, fmt.Sprintf("(%s, %s) %s (%s, %s)", col, nameCol(d), cmp, b.arg(o.AfterKey), b.arg(o.After)))
 		}
-		order = col + " " + dir + ", " + d.Name + " " + dir
+		order = col + " " + dir + ", " + nameCol(d) + " " + dir
 	}
 	q := "SELECT " + cols + ", " + FirmwareCol + " FROM devices" + b.whereSQL() + " ORDER BY " + order + " LIMIT " + b.arg(limit)
-	return q, b.args, nil
-}
-
-// Count returns the query counting the devices o's filters select.
-func Count(d Dialect, o store.ListOptions) (string, []any) {
-	b := &builder{d: d}
-	b.filters(o)
-	return "SELECT count(*) FROM devices" + b.whereSQL(), b.args
+	return rebind(d, q), b.args, nil
 }
 
 // Summary queries: each returns (group, count) rows.
 const (
-	SummaryOnline   = `SELECT CASE WHEN online THEN 'online' ELSE 'offline' END, count(*) FROM devices GROUP BY 1`
-	SummaryProfiles = `SELECT profile, count(*) FROM devices GROUP BY profile`
-	SummaryFirmware = `SELECT value, count(*) FROM attributes WHERE scope = 'client' AND key = 'fw_version' GROUP BY value`
+	summaryOnline   = `SELECT CASE WHEN online THEN 'online' ELSE 'offline' END, count(*) FROM devices GROUP BY 1`
+	summaryProfiles = `SELECT profile, count(*) FROM devices GROUP BY profile`
+	summaryFirmware = `SELECT value, count(*) FROM attributes WHERE scope = 'client' AND key = 'fw_version' GROUP BY value`
 )
 
-// SummaryExpiry returns the query counting devices by the bucket (its
+// summaryExpiry returns the query counting devices by the bucket (its
 // index in buckets, as text) of their newest certificate's expiry. Times in
 // the credentials table are Unix nanoseconds.
-func SummaryExpiry(d Dialect, buckets []store.ExpiryBucket) (string, []any) {
+func summaryExpiry(d Dialect, buckets []store.ExpiryBucket) (string, []any) {
 	b := &builder{d: d}
 	var cases strings.Builder
 	for i, bk := range buckets {
@@ -154,7 +153,7 @@ func SummaryExpiry(d Dialect, buckets []store.ExpiryBucket) (string, []any) {
 		fmt.Fprintf(&cases, " WHEN na < %s THEN '%d'", b.arg(time.UnixMilli(bk.Before).UnixNano()), i)
 	}
 	q := "SELECT CASE" + cases.String() + fmt.Sprintf(" ELSE '%d' END, count(*) FROM (SELECT max(not_after) AS na FROM credentials GROUP BY device) t GROUP BY 1", len(buckets)-1)
-	return q, b.args
+	return rebind(d, q), b.args
 }
 
 // Scanner is a row of either backend.
@@ -183,44 +182,82 @@ func Firmware(v sql.NullString) string {
 	return s
 }
 
-// RowFunc receives one (group, count) row of a summary query.
-type RowFunc func(group string, n int64)
+// CountDevices counts the devices opt's filters select.
+func (t *Tables) CountDevices(ctx context.Context, opt store.ListOptions) (int64, error) {
+	b := &builder{d: t.db.dialect}
+	b.filters(opt)
+	var n int64
+	if err := t.db.read.QueryRowContext(ctx, rebind(b.d, "SELECT count(*) FROM devices"+b.whereSQL()), b.args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("sqldb: counting devices: %w", err)
+	}
+	return n, nil
+}
 
-// Summary runs the summary queries with query, which calls row for each
-// row of a (group, count) query, and assembles the fleet summary.
-func Summary(d Dialect, now time.Time, query func(q string, args []any, row RowFunc) error) (store.FleetSummary, error) {
+// FleetSummary aggregates the fleet in one read transaction, so that its
+// counts agree with each other.
+func (t *Tables) FleetSummary(ctx context.Context, now time.Time) (store.FleetSummary, error) {
 	sum := store.FleetSummary{Profiles: map[string]int64{}, Firmware: map[string]int64{}, CertExpiry: store.ExpiryBuckets(now)}
-	err := query(SummaryOnline, nil, func(g string, n int64) {
+	tx, err := t.db.read.BeginTx(ctx, &sql.TxOptions{ReadOnly: true, Isolation: isolation(t.db.dialect)})
+	if err != nil {
+		return sum, fmt.Errorf("sqldb: fleet summary: %w", err)
+	}
+	defer tx.Rollback()
+	query := func(q string, args []any, row func(group string, n int64)) error {
+		rows, err := tx.QueryContext(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var g string
+			var n int64
+			if err := rows.Scan(&g, &n); err != nil {
+				return err
+			}
+			row(g, n)
+		}
+		return rows.Err()
+	}
+	err = query(summaryOnline, nil, func(g string, n int64) {
 		sum.Devices += n
 		if g == "online" {
 			sum.Online = n
 		}
 	})
 	if err != nil {
-		return sum, fmt.Errorf("counting devices: %w", err)
+		return sum, fmt.Errorf("sqldb: counting devices: %w", err)
 	}
-	if err := query(SummaryProfiles, nil, func(g string, n int64) { sum.Profiles[g] = n }); err != nil {
-		return sum, fmt.Errorf("counting profiles: %w", err)
+	if err := query(summaryProfiles, nil, func(g string, n int64) { sum.Profiles[g] = n }); err != nil {
+		return sum, fmt.Errorf("sqldb: counting profiles: %w", err)
 	}
 	reported := int64(0)
-	err = query(SummaryFirmware, nil, func(g string, n int64) {
+	err = query(summaryFirmware, nil, func(g string, n int64) {
 		sum.Firmware[Firmware(sql.NullString{String: g, Valid: true})] += n
 		reported += n
 	})
 	if err != nil {
-		return sum, fmt.Errorf("counting firmware versions: %w", err)
+		return sum, fmt.Errorf("sqldb: counting firmware versions: %w", err)
 	}
 	if none := sum.Devices - reported; none > 0 {
 		sum.Firmware[""] = none
 	}
-	q, args := SummaryExpiry(d, sum.CertExpiry)
+	q, args := summaryExpiry(t.db.dialect, sum.CertExpiry)
 	err = query(q, args, func(g string, n int64) {
 		if i, err := strconv.Atoi(g); err == nil && i >= 0 && i < len(sum.CertExpiry) {
 			sum.CertExpiry[i].Count = n
 		}
 	})
 	if err != nil {
-		return sum, fmt.Errorf("counting certificate expiries: %w", err)
+		return sum, fmt.Errorf("sqldb: counting certificate expiries: %w", err)
 	}
 	return sum, nil
+}
+
+// isolation makes a multi-query read see one snapshot: SQLite's read
+// transactions always do; PostgreSQL's need REPEATABLE READ.
+func isolation(d Dialect) sql.IsolationLevel {
+	if d == Postgres {
+		return sql.LevelRepeatableRead
+	}
+	return sql.LevelDefault
 }

@@ -1,0 +1,273 @@
+package console_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/thingline/thingline/factory"
+	"github.com/thingline/thingline/node"
+	"github.com/thingline/thingline/twin"
+)
+
+const adminToken = "console-test-admin-token"
+
+// startNode runs a real node (SQLite, in-process bus, development PKI) on
+// loopback ports.
+func startNode(t *testing.T) *node.Node {
+	t.Helper()
+	n, err := node.Start(context.Background(), node.Config{
+		DataDir: t.TempDir(), MQTTListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
+		AdminToken: adminToken, NodeID: "console-test", Out: io.Discard,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// startTwins makes count units with the node's PKI, as the factory does,
+// and runs them as device twins streaming telemetry every interval.
+func startTwins(t *testing.T, n *node.Node, count int, interval time.Duration) []factory.UnitResult {
+	t.Helper()
+	out := t.TempDir()
+	units, err := factory.Inject(context.Background(), factory.InjectOptions{
+		CADir: n.PKIDir(), Out: out, Count: count, Operator: "console-test", Batch: "B-CONSOLE",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim, err := twin.NewSim(twin.SimConfig{Units: out, Count: count, Broker: "mqtts://" + n.MQTTAddr(),
+		ServerName: "127.0.0.1", Interval: interval, Logf: func(string, ...any) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { sim.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return units
+}
+
+// browser starts Debian's headless Chromium with a fresh profile.
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Skip("chromium not installed (apt-get install chromium): browser tests skipped")
+	}
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(path),
+		chromedp.Flag("headless", true),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("hide-scrollbars", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 860),
+	}
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelB := chromedp.NewContext(actx)
+	t.Cleanup(func() { cancelB(); cancelA() })
+	// Start the browser now, so that a failure to launch says so.
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("starting chromium: %v", err)
+	}
+	return ctx
+}
+
+// run runs actions with a bound, failing the test with what was tried.
+func run(t *testing.T, ctx context.Context, what string, actions ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	c, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := chromedp.Do(c, actions...); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// into runs a that returns a value and stores the value in out.
+func into[T any](a chromedp.Action[T], out *T) chromedp.Action[chromedp.Void] {
+	return func(ctx context.Context, t *chromedp.Target) (chromedp.Void, error) {
+		v, err := a(ctx, t)
+		*out = v
+		return chromedp.Void{}, err
+	}
+}
+
+// attr stores the value of the attribute name of the element sel in out.
+func attr(sel chromedp.CSS, name string, out *string) chromedp.Action[chromedp.Void] {
+	return func(ctx context.Context, t *chromedp.Target) (chromedp.Void, error) {
+		v, err := chromedp.AttributeValue(sel, name)(ctx, t)
+		*out = v.Value
+		return chromedp.Void{}, err
+	}
+}
+
+// waitJS polls a JavaScript expression until it is true.
+func waitJS(expr string) chromedp.Action[chromedp.Void] {
+	return chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingTimeout(45*time.Second), chromedp.WithPollingInterval(100*time.Millisecond))
+}
+
+// screenshot saves the page as docs/screenshots/NAME.png when
+// THINGLINE_SCREENSHOTS is set (the committed images are made that way),
+// and into the test's temporary directory otherwise.
+func screenshot(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	var png []byte
+	run(t, ctx, "screenshot "+name, into(chromedp.FullScreenshot(100), &png))
+	dir := t.TempDir()
+	if os.Getenv("THINGLINE_SCREENSHOTS") != "" {
+		dir = filepath.Join("..", "docs", "screenshots")
+		os.MkdirAll(dir, 0o755)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func login(t *testing.T, ctx context.Context, base string) {
+	t.Helper()
+	run(t, ctx, "sign in with the admin token",
+		chromedp.Navigate(base+"/"),
+		chromedp.WaitVisible(chromedp.CSS(`#username`)),
+		chromedp.Click(chromedp.CSS(`details summary`)),
+		chromedp.SendKeys(chromedp.CSS(`#token`), adminToken),
+		chromedp.Submit(chromedp.CSS(`#token`)),
+		chromedp.WaitVisible(chromedp.CSS(`#n-devices`)),
+	)
+}
+
+// TestConsoleLiveDevice drives the console in Chromium against a real node
+// and a real device twin: sign-in, the device appearing in the list when
+// it connects, its chart growing as telemetry arrives, and an RPC answered
+// by the twin.
+func TestConsoleLiveDevice(t *testing.T) {
+	ctx := browser(t)
+	n := startNode(t)
+	base := "http://" + n.HTTPAddr()
+
+	// A wrong token is refused with a message, and no session is made.
+	var msg string
+	run(t, ctx, "wrong token",
+		chromedp.Navigate(base+"/console/devices"),
+		chromedp.WaitVisible(chromedp.CSS(`#username`)),
+		chromedp.Click(chromedp.CSS(`details summary`)),
+		chromedp.SendKeys(chromedp.CSS(`#token`), "not-the-token"),
+		chromedp.Submit(chromedp.CSS(`#token`)),
+		chromedp.WaitVisible(chromedp.CSS(`#login-error`)),
+		into(chromedp.Text(chromedp.CSS(`#login-error`)), &msg),
+	)
+	if !strings.Contains(msg, "refused") {
+		t.Errorf("wrong token: %q", msg)
+	}
+	screenshot(t, ctx, "login")
+	login(t, ctx, base)
+
+	run(t, ctx, "empty device list",
+		chromedp.Navigate(base+"/console/devices"),
+		waitJS(`document.querySelector("#rows td.empty") !== null`),
+	)
+	units := startTwins(t, n, 3, 300*time.Millisecond)
+	sn := units[0].SN
+	run(t, ctx, "devices appear live, online", waitJS(fmt.Sprintf(
+		`[...document.querySelectorAll("#rows tr")].filter(r => r.textContent.includes("online")).length === 3 && document.querySelector("#total").textContent.includes("3 devices")`)))
+	run(t, ctx, "firmware column filled", waitJS(`document.querySelector("#rows tr td:nth-child(4)").textContent !== "–"`))
+	screenshot(t, ctx, "devices")
+
+	// Search narrows the list to one SN.
+	run(t, ctx, "search by SN",
+		chromedp.SendKeys(chromedp.CSS(`#f-q`), sn),
+		waitJS(`document.querySelectorAll("#rows tr").length === 1`),
+		chromedp.Click(chromedp.CSS(`#rows a`)),
+		chromedp.WaitVisible(chromedp.CSS(`#tab-telemetry`)),
+	)
+	var path1, path2 string
+	run(t, ctx, "the temperature chart draws",
+		waitJS(`[...document.querySelectorAll(".chart h3")].some(h => h.textContent.startsWith("temperature"))`),
+		waitJS(`document.querySelectorAll(".chart svg path.line").length >= 2`),
+		waitJS(`document.querySelectorAll("#latest tr").length >= 2`),
+		attr(chromedp.CSS(`.chart svg path.line`), "d", &path1),
+	)
+	run(t, ctx, "the chart grows live",
+		waitJS(fmt.Sprintf(`document.querySelector(".chart svg path.line").getAttribute("d").length > %d`, len(path1))),
+		attr(chromedp.CSS(`.chart svg path.line`), "d", &path2),
+	)
+	if strings.Count(path2, "L") <= strings.Count(path1, "L") {
+		t.Errorf("chart did not gain points: %d then %d", strings.Count(path1, "L"), strings.Count(path2, "L"))
+	}
+	screenshot(t, ctx, "device")
+
+	var reply string
+	run(t, ctx, "send an RPC",
+		chromedp.Click(chromedp.CSS(`#tab-rpc`)),
+		chromedp.WaitVisible(chromedp.CSS(`#rpc-method`)),
+		chromedp.SetValue(chromedp.CSS(`#rpc-method`), "getState"),
+		chromedp.Click(chromedp.CSS(`#rpc-send`)),
+		chromedp.WaitVisible(chromedp.CSS(`.rpc-reply`)),
+		into(chromedp.Text(chromedp.CSS(`.rpc-reply`)), &reply),
+	)
+	if !strings.Contains(reply, `"sn": "`+sn+`"`) {
+		t.Errorf("getState reply = %s; want the twin's SN %s", reply, sn)
+	}
+	run(t, ctx, "an RPC the device refuses shows its error",
+		chromedp.SetValue(chromedp.CSS(`#rpc-method`), "setInterval"),
+		chromedp.SetValue(chromedp.CSS(`#rpc-params`), `{"ms": 1}`),
+		chromedp.Click(chromedp.CSS(`#rpc-send`)),
+		waitJS(`document.querySelectorAll("#rpc-log li.err").length === 1`),
+	)
+	screenshot(t, ctx, "rpc")
+
+	run(t, ctx, "certificates",
+		chromedp.Click(chromedp.CSS(`#tab-certs`)),
+		waitJS(`document.querySelector("#certs .cert .mono") !== null`),
+	)
+	var serial string
+	run(t, ctx, "serial shown", into(chromedp.Text(chromedp.CSS(`#certs .cert h2 .mono`)), &serial))
+	if serial != units[0].CertSerial {
+		t.Errorf("certificate serial %q; want %q", serial, units[0].CertSerial)
+	}
+	screenshot(t, ctx, "certificates")
+
+	run(t, ctx, "attributes",
+		chromedp.Click(chromedp.CSS(`#tab-attributes`)),
+		waitJS(`document.querySelector("#attrs").textContent.includes("fw_version")`),
+		chromedp.SetValue(chromedp.CSS(`#a-key`), "interval"),
+		chromedp.SetValue(chromedp.CSS(`#a-value`), "400"),
+		chromedp.Click(chromedp.CSS(`#attr-form button[type=submit]`)),
+		waitJS(`[...document.querySelectorAll("#attrs td")].some(td => td.textContent === "400")`),
+	)
+	screenshot(t, ctx, "attributes")
+
+	run(t, ctx, "overview counts the fleet",
+		chromedp.Navigate(base+"/console/"),
+		waitJS(`document.querySelector("#n-online").textContent === "3"`),
+		waitJS(`document.querySelector("#n-rate").textContent !== "–"`),
+		waitJS(`document.querySelectorAll("#expiry-chart rect").length === 6`),
+	)
+	screenshot(t, ctx, "overview")
+
+	// Signing out ends the session: the API proxy refuses the old cookie's
+	// absence and pages go back to the sign-in.
+	run(t, ctx, "sign out",
+		chromedp.Click(chromedp.CSS(`.logout button`)),
+		chromedp.WaitVisible(chromedp.CSS(`#username`)),
+		chromedp.Navigate(base+"/console/devices"),
+		chromedp.WaitVisible(chromedp.CSS(`#username`)),
+	)
+}
