@@ -28,6 +28,10 @@ var templateFS embed.FS
 //go:embed static
 var staticFS embed.FS
 
+// Static is the console's JavaScript and CSS, as served under
+// /console/static/.
+var Static, _ = fs.Sub(staticFS, "static")
+
 // Prefix is where the console is mounted.
 const Prefix = "/console/"
 
@@ -72,8 +76,7 @@ func New(cfg Config) *Server {
 		"asset": func(name string) string { return Prefix + "static/" + name + "?v=" + s.assetVersion },
 	}).ParseFS(templateFS, "templates/*.html"))
 
-	static, _ := fs.Sub(staticFS, "static")
-	files := http.StripPrefix(Prefix+"static/", http.FileServerFS(static))
+	files := http.StripPrefix(Prefix+"static/", http.FileServerFS(Static))
 	s.mux.Handle("GET "+Prefix+"static/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("v") == s.assetVersion {
 			w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")

@@ -20,7 +20,9 @@
     const step = [1, 2, 2.5, 5, 10].map(m => m * mag).find(s => s >= raw) || 10 * mag;
     const out = [];
     for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toFixed(10));
-    return { ticks: out, lo: Math.min(lo, out[0]), hi: Math.max(hi, out[out.length - 1]) };
+    // Enough decimals to tell neighbouring ticks apart (0.25 needs two).
+    const dec = Math.max(0, -Math.floor(Math.log10(step) + 1e-9) + (String(step / mag).includes(".") ? 1 : 0));
+    return { ticks: out, lo: Math.min(lo, out[0]), hi: Math.max(hi, out[out.length - 1]), dec: Math.min(dec, 6) };
   }
   const timeSteps = [1e3, 5e3, 15e3, 30e3, 60e3, 300e3, 900e3, 1800e3, 3600e3, 3 * 3600e3, 6 * 3600e3, 12 * 3600e3, 86400e3, 2 * 86400e3, 7 * 86400e3];
   function timeTicks(t0, t1, n) {
@@ -104,7 +106,7 @@
       for (const v of yt.ticks) {
         const y = yOf(v);
         el("line", { x1: f.l, x2: f.w - f.r, y1: y, y2: y, class: "grid" }, svg);
-        text(svg, f.l - 6, y + 4, fmtNum(v), "axis", "end");
+        text(svg, f.l - 6, y + 4, Math.abs(v) >= 1e4 ? fmtNum(v) : v.toFixed(yt.dec), "axis", "end");
       }
       const tt = timeTicks(f.t0, f.t1, Math.max(2, Math.floor((f.w - f.l) / 90)));
       for (const t of tt.ticks) text(svg, this.xOf(f, t), f.h - 6, fmtTime(t, tt.step), "axis", "middle");
