@@ -185,8 +185,8 @@ func TestConsoleLiveDevice(t *testing.T) {
 	)
 	units := startTwins(t, n, 3, 300*time.Millisecond)
 	sn := units[0].SN
-	run(t, ctx, "devices appear live, online", waitJS(fmt.Sprintf(
-		`[...document.querySelectorAll("#rows tr")].filter(r => r.textContent.includes("online")).length === 3 && document.querySelector("#total").textContent.includes("3 devices")`)))
+	run(t, ctx, "devices appear live, online", waitJS(
+		`[...document.querySelectorAll("#rows tr")].filter(r => r.textContent.includes("online")).length === 3 && document.querySelector("#total").textContent.includes("3 devices")`))
 	run(t, ctx, "firmware column filled", waitJS(`document.querySelector("#rows tr td:nth-child(4)").textContent !== "–"`))
 	screenshot(t, ctx, "devices")
 
