@@ -57,6 +57,17 @@ type Config struct {
 	// RefusalEventsPerMinute limits refusal and bad-input events per remote
 	// IP and reason; 0 means 20.
 	RefusalEventsPerMinute int
+
+	// Issuer signs certificate rotation requests (see certreq.go); nil
+	// answers every request with an error.
+	Issuer Issuer
+	// RotationGrace is how long a rotated-out certificate stays valid;
+	// 0 means DefaultRotationGrace.
+	RotationGrace time.Duration
+	// CSRBurst rotation requests are accepted per device at once, then
+	// one per CSREvery; 0 means DefaultCSRBurst and DefaultCSREvery.
+	CSRBurst int
+	CSREvery time.Duration
 }
 
 // Server is the device gateway. Create it with New, then call Serve.
@@ -109,11 +120,13 @@ type Server struct {
 	peers  map[string]*peer
 	wg     sync.WaitGroup // connection goroutines
 
-	events   chan store.Event
-	evWG     sync.WaitGroup
-	limitMu  sync.Mutex // leaf lock
-	limits   map[string]*rateWindow
-	stopSubs []func()
+	events  chan store.Event
+	evWG    sync.WaitGroup
+	limitMu sync.Mutex // leaf lock
+	limits  map[string]*rateWindow
+	// csrBuckets: rotation requests per device, under limitMu.
+	csrBuckets map[string]*csrBucket
+	stopSubs   []func()
 }
 
 type rateWindow struct {
@@ -173,6 +186,7 @@ func New(cfg Config) (*Server, error) {
 		s.cfg.RefusalEventsPerMinute = 20
 	}
 	s.admissionDefaults()
+	s.rotationDefaults()
 	s.hsSem = make(chan struct{}, s.cfg.MaxHandshakes)
 	// Topic, packet id and MQTT 5 properties around the payload.
 	s.maxPacket = prof.MaxPayload + 8192

@@ -973,6 +973,8 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 		s.met.byKind["rpc-request"].Inc()
 	case pubFWRequest, pubSWRequest:
 		return ss.fwRequest(w, kind, id, pk.Payload)
+	case pubCertRequest:
+		w.fn = func(ctx context.Context) { ss.answerCertRequest(ctx, pk.Payload) }
 	case pubClaim:
 		w.reason, w.reasonStr = codeImplSpecific, "claiming is not supported"
 	case pubProvision:

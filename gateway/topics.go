@@ -20,6 +20,7 @@ const (
 	pubProvision           // /provision/request
 	pubFWRequest           // v2/fw/request/{id}/chunk/{n} (gateway/ota.go)
 	pubSWRequest           // v2/sw/request/{id}/chunk/{n}
+	pubCertRequest         // certificate rotation: v1/devices/me/cert/request
 )
 
 // style is the topic family a device used, so answers go back in kind.
@@ -44,6 +45,8 @@ func classifyPublish(topic string) (pubKind, style, string) {
 			return pubAttributes, styleV1, ""
 		case "claim":
 			return pubClaim, styleV1, ""
+		case "cert/request":
+			return pubCertRequest, styleV1, ""
 		}
 		if id, ok := strings.CutPrefix(rest, "attributes/request/"); ok && validID(id) {
 			return pubAttrRequest, styleV1, id
@@ -109,6 +112,7 @@ const (
 	subRPCRequest                  // server-side RPC requests
 	subRPCResponse                 // answers to client-side RPC
 	subFirmware                    // firmware chunks and errors (gateway/ota.go)
+	subCertResponse                // answers to certificate rotation requests
 	subOther                       // accepted but nothing is ever sent (OTA, provisioning)
 	numSubKinds
 )
@@ -134,6 +138,8 @@ func classifyFilter(f string) (subKind, style, bool) {
 		// The last two are what ThingsBoard's SDKs subscribe to; chunks
 		// are sent whatever the filter (gateway/ota.go).
 		return subFirmware, styleV2, true
+	case v1Prefix + "cert/response":
+		return subCertResponse, styleV1, true
 	case "/provision/response", "v2/sw/response/+/chunk/+", "v2/sw/error":
 		return subOther, styleV1, true
 	}

@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
@@ -19,9 +20,10 @@ const (
 	MaxRSABits = 4096
 )
 
-// ErrCSRPolicy is wrapped by every refusal of CheckDeviceCSR that is about
-// the request's content rather than its encoding.
-var ErrCSRPolicy = errors.New("certificate request refused")
+// ErrBadCSR is wrapped by every refusal of CheckDeviceCSR: the request
+// is unreadable, its signature does not verify, or its content breaks the
+// policy. It is the requester's fault, so its message may be shown to it.
+var ErrBadCSR = errors.New("certificate request refused")
 
 var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
 
@@ -35,11 +37,11 @@ var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
 func CheckDeviceCSR(b []byte, cn string) (*x509.CertificateRequest, error) {
 	der, err := CSRFromPEM(b)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrBadCSR, err)
 	}
 	csr, err := parseCSR(der)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrBadCSR, err)
 	}
 	cns := 0
 	for _, a := range csr.Subject.Names {
@@ -48,13 +50,13 @@ func CheckDeviceCSR(b []byte, cn string) (*x509.CertificateRequest, error) {
 		}
 	}
 	if cns != 1 {
-		return nil, fmt.Errorf("pki: %w: the subject must hold exactly one common name, found %d", ErrCSRPolicy, cns)
+		return nil, fmt.Errorf("pki: %w: the subject must hold exactly one common name, found %d", ErrBadCSR, cns)
 	}
 	if csr.Subject.CommonName != cn {
-		return nil, fmt.Errorf("pki: %w: common name %q is not the device's %q", ErrCSRPolicy, csr.Subject.CommonName, cn)
+		return nil, fmt.Errorf("pki: %w: common name %q is not the device's %q", ErrBadCSR, csr.Subject.CommonName, cn)
 	}
 	if len(csr.DNSNames)+len(csr.EmailAddresses)+len(csr.IPAddresses)+len(csr.URIs) > 0 {
-		return nil, fmt.Errorf("pki: %w: subject alternative names are not allowed", ErrCSRPolicy)
+		return nil, fmt.Errorf("pki: %w: subject alternative names are not allowed", ErrBadCSR)
 	}
 	if err := checkDeviceKey(csr.PublicKey); err != nil {
 		return nil, err
@@ -68,14 +70,14 @@ func checkDeviceKey(pub any) error {
 		if k.Curve == elliptic.P256() || k.Curve == elliptic.P384() {
 			return nil
 		}
-		return fmt.Errorf("pki: %w: ECDSA curve %s (want P-256 or P-384)", ErrCSRPolicy, k.Curve.Params().Name)
+		return fmt.Errorf("pki: %w: ECDSA curve %s (want P-256 or P-384)", ErrBadCSR, k.Curve.Params().Name)
 	case *rsa.PublicKey:
 		if n := k.N.BitLen(); n < MinRSABits || n > MaxRSABits {
-			return fmt.Errorf("pki: %w: RSA key of %d bits (want %d to %d)", ErrCSRPolicy, n, MinRSABits, MaxRSABits)
+			return fmt.Errorf("pki: %w: RSA key of %d bits (want %d to %d)", ErrBadCSR, n, MinRSABits, MaxRSABits)
 		}
 		return nil
 	}
-	return fmt.Errorf("pki: %w: key type %T (want ECDSA P-256/P-384 or RSA)", ErrCSRPolicy, pub)
+	return fmt.Errorf("pki: %w: key type %T (want ECDSA P-256/P-384 or RSA)", ErrBadCSR, pub)
 }
 
 // SignDeviceCSR is the online issuing step of certificate rotation: it
@@ -88,6 +90,18 @@ func (ca *CA) SignDeviceCSR(csr []byte, cn string, validity time.Duration) (*x50
 		return nil, err
 	}
 	return ca.IssueDevice(req.PublicKey, cn, validity)
+}
+
+// SignRotation is the online issuing CA as the gateway sees it: it signs
+// a device's rotation request (SignDeviceCSR, the factory's validity) and
+// returns the certificate and the chain the device presents from then on
+// (leaf, then this CA).
+func (ca *CA) SignRotation(_ context.Context, cn string, csr []byte) (*x509.Certificate, []byte, error) {
+	leaf, err := ca.SignDeviceCSR(csr, cn, DeviceValidity)
+	if err != nil {
+		return nil, nil, err
+	}
+	return leaf, ca.LeafChainPEM(leaf), nil
 }
 
 // LoadIssuer loads an online issuing CA from a certificate file (the CA

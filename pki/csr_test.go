@@ -68,10 +68,10 @@ func TestCheckDeviceCSR(t *testing.T) {
 		"dns-san":   {csrPEM(t, p256, &x509.CertificateRequest{Subject: cn, DNSNames: []string{"evil.example"}}), true},
 		"two-cn":    {csrPEM(t, p256, twoCN), true},
 		"no-cn":     {csrPEM(t, p256, &x509.CertificateRequest{}), true},
-		"garbage":   {[]byte("hello"), false},
-		"bad-sig":   {pki.EncodeCSRPEM(der), false},
-		"empty":     {nil, false},
-		"cert-only": {pki.EncodeCertPEM(ca.Cert), false},
+		"garbage":   {[]byte("hello"), true},
+		"bad-sig":   {pki.EncodeCSRPEM(der), true},
+		"empty":     {nil, true},
+		"cert-only": {pki.EncodeCertPEM(ca.Cert), true},
 	}
 	for name, c := range bad {
 		_, err := ca.SignDeviceCSR(c.b, "SN-1", 0)
@@ -79,8 +79,8 @@ func TestCheckDeviceCSR(t *testing.T) {
 			t.Errorf("%s: signed", name)
 			continue
 		}
-		if errors.Is(err, pki.ErrCSRPolicy) != c.policy {
-			t.Errorf("%s: %v (policy refusal: %v, want %v)", name, err, errors.Is(err, pki.ErrCSRPolicy), c.policy)
+		if errors.Is(err, pki.ErrBadCSR) != c.policy {
+			t.Errorf("%s: %v (ErrBadCSR: %v, want %v)", name, err, errors.Is(err, pki.ErrBadCSR), c.policy)
 		}
 	}
 }
@@ -105,7 +105,7 @@ func TestCheckDeviceCSROpenSSL(t *testing.T) {
 	if _, err := ca.SignDeviceCSR(b, "SN-42", 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ca.SignDeviceCSR(b, "SN-43", 0); !errors.Is(err, pki.ErrCSRPolicy) {
+	if _, err := ca.SignDeviceCSR(b, "SN-43", 0); !errors.Is(err, pki.ErrBadCSR) {
 		t.Fatalf("other device: %v", err)
 	}
 }
