@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -23,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/thingline/thingline/bus"
+	"github.com/thingline/thingline/pki"
 	"github.com/thingline/thingline/store"
 )
 
@@ -41,6 +43,11 @@ type Config struct {
 	BodyTimeout time.Duration
 	// Health reports whether the node is ready; nil means always.
 	Health func(ctx context.Context) error
+	// CRLIssuer is the online issuing CA that signs the server's CRL
+	// (GET /crl/device-ca.crl); nil: no CRL is published.
+	CRLIssuer *pki.CA
+	// CRLAnchors verify imported CRLs: the configured device CAs.
+	CRLAnchors []*x509.Certificate
 }
 
 // HashToken returns the value to put in Config.AdminTokenHash.
@@ -52,6 +59,7 @@ type Server struct {
 	mux    *http.ServeMux
 	routes []route
 	met    *apiMetrics
+	crl    crlCache
 }
 
 // route is one entry of the API's route table; openapi.json documents each
@@ -100,6 +108,10 @@ func New(cfg Config) *Server {
 		{Method: "GET", Pattern: "/api/v1/devices/{name}", h: s.getDevice},
 		{Method: "DELETE", Pattern: "/api/v1/devices/{name}", h: s.deleteDevice},
 		{Method: "GET", Pattern: "/api/v1/devices/{name}/credentials", h: s.listCredentials},
+		{Method: "POST", Pattern: "/api/v1/devices/{name}/credentials/revoke", h: s.revokeCredential},
+		{Method: "GET", Pattern: "/api/v1/certificates/expiry", h: s.certificateExpiry},
+		{Method: "POST", Pattern: "/api/v1/crls", MaxBody: maxCRL, h: s.importCRL},
+		{Method: "GET", Pattern: "/crl/{file}", Public: true, h: s.serverCRL},
 		{Method: "GET", Pattern: "/api/v1/devices/{name}/telemetry/latest", h: s.latestTelemetry},
 		{Method: "GET", Pattern: "/api/v1/devices/{name}/telemetry", h: s.queryTelemetry},
 		{Method: "GET", Pattern: "/api/v1/devices/{name}/attributes", h: s.getAttributes},

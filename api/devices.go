@@ -82,22 +82,6 @@ func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (s *Server) listCredentials(w http.ResponseWriter, r *http.Request) error {
-	d, err := s.device(r)
-	if err != nil {
-		return err
-	}
-	cs, err := s.cfg.Store.ListCredentials(r.Context(), d.ID)
-	if err != nil {
-		return err
-	}
-	if cs == nil {
-		cs = []store.Credential{}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"credentials": cs})
-	return nil
-}
-
 func (s *Server) latestTelemetry(w http.ResponseWriter, r *http.Request) error {
 	d, err := s.device(r)
 	if err != nil {
@@ -409,10 +393,7 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) error {
 	if err := s.cfg.Store.Revoke(r.Context(), req); err != nil {
 		return err
 	}
-	note, _ := json.Marshal(req)
-	if err := s.cfg.Bus.Publish(r.Context(), bus.TopicRevocations, note); err != nil {
-		s.cfg.Logger.Warn("api: announcing revocation", "err", err)
-	}
+	s.announceRevocation(r.Context(), req)
 	writeJSON(w, http.StatusCreated, req)
 	return nil
 }

@@ -24,7 +24,7 @@ func newDeviceCmd() *cobra.Command {
 		Use:   "device",
 		Short: "Run a device twin: the ESP32 firmware emulated on the factory's SPIFFS image",
 	}
-	c.AddCommand(newDeviceRunCmd(), newDeviceResetCmd())
+	c.AddCommand(newDeviceRunCmd(), newDeviceResetCmd(), newDeviceCredentialsCmd(), newDeviceRevokeCmd())
 	return c
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/thingline/thingline/certmon"
 	"github.com/thingline/thingline/gateway"
 	"github.com/thingline/thingline/node"
 )
@@ -84,5 +85,9 @@ with --admin-token or THINGLINE_ADMIN_TOKEN.`,
 	f.DurationVar(&g.IdleLimit, "idle-limit", gateway.DefaultIdleLimit, "a session without keep-alive is closed after this long without a packet")
 	f.IntVar(&g.TakeoversPerMinute, "takeovers-per-minute", gateway.DefaultTakeoversPerMinute, "takeovers of one device's session allowed a minute; more are refused")
 	f.IntVar(&maxPayload, "max-payload", 65536, "largest accepted PUBLISH payload in bytes")
+	f.StringVar(&cfg.DeviceCAKey, "device-ca-key", "", "key of the first --device-ca: makes it the online issuing CA for certificate rotation and the server's CRL")
+	f.DurationVar(&cfg.Gateway.RotationGrace, "rotation-grace", gateway.DefaultRotationGrace, "how long a certificate replaced by a rotation stays valid before it is revoked")
+	f.DurationVar(&cfg.CertMonitor.Threshold, "cert-expiry-threshold", certmon.DefaultThreshold, "raise the certificate-expiring alarm when a device's certificate expires within this")
+	f.DurationVar(&cfg.CertMonitor.ExpiryEvery, "cert-expiry-every", certmon.DefaultExpiryEvery, "how often certificate expiry is checked")
 	return c
 }

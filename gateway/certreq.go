@@ -39,8 +39,11 @@ const (
 
 const certResponseTopic = v1Prefix + "cert/response"
 
-// rotationDefaults fills in the rotation settings of the Config.
-func (s *Server) rotationDefaults() {
+// certDefaults fills in the rotation and revocation settings of the Config.
+func (s *Server) certDefaults() {
+	if s.cfg.RevocationReload <= 0 {
+		s.cfg.RevocationReload = DefaultRevocationReload
+	}
 	if s.cfg.RotationGrace <= 0 {
 		s.cfg.RotationGrace = DefaultRotationGrace
 	}

@@ -68,6 +68,9 @@ type Config struct {
 	// one per CSREvery; 0 means DefaultCSRBurst and DefaultCSREvery.
 	CSRBurst int
 	CSREvery time.Duration
+	// RevocationReload is how often the revocations are read again from
+	// the store, in case a notice was lost; 0 means DefaultRevocationReload.
+	RevocationReload time.Duration
 }
 
 // Server is the device gateway. Create it with New, then call Serve.
@@ -127,6 +130,8 @@ type Server struct {
 	// csrBuckets: rotation requests per device, under limitMu.
 	csrBuckets map[string]*csrBucket
 	stopSubs   []func()
+	// stopReload ends reloadRevocations (which counts in evWG).
+	stopReload chan struct{}
 }
 
 type rateWindow struct {
@@ -186,7 +191,7 @@ func New(cfg Config) (*Server, error) {
 		s.cfg.RefusalEventsPerMinute = 20
 	}
 	s.admissionDefaults()
-	s.rotationDefaults()
+	s.certDefaults()
 	s.hsSem = make(chan struct{}, s.cfg.MaxHandshakes)
 	// Topic, packet id and MQTT 5 properties around the payload.
 	s.maxPacket = prof.MaxPayload + 8192
@@ -229,6 +234,9 @@ func New(cfg Config) (*Server, error) {
 		s.evWG.Add(1)
 		go s.writeEvents()
 	}
+	s.stopReload = make(chan struct{})
+	s.evWG.Add(1)
+	go s.reloadRevocations(s.stopReload)
 	return s, nil
 }
 
@@ -410,6 +418,7 @@ func (s *Server) Close() error {
 	}
 	s.wg.Wait()
 	s.unsubscribe()
+	close(s.stopReload)
 	close(s.events)
 	s.evWG.Wait()
 	return nil

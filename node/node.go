@@ -30,6 +30,7 @@ import (
 	"github.com/thingline/thingline/bus"
 	"github.com/thingline/thingline/bus/inproc"
 	tlnats "github.com/thingline/thingline/bus/nats"
+	"github.com/thingline/thingline/certmon"
 	"github.com/thingline/thingline/console"
 	"github.com/thingline/thingline/gateway"
 	"github.com/thingline/thingline/pki"
@@ -47,15 +48,22 @@ type Config struct {
 	TLSCert    string   // server certificate (PEM, may hold the chain); default: the development PKI's
 	TLSKey     string   // its key
 	DeviceCAs  []string // PEM files of the device-issuing CAs; default: the development PKI's device CA
-	AdminToken string   // default: the stored one, or a new one printed once
-	StoreURL   string   // "" or sqlite:PATH → SQLite; postgres://… → PostgreSQL
-	BusURL     string   // "" → in-process; nats://… → NATS
-	NodeID     string   // default: host name
-	Profile    gateway.Profile
+	// DeviceCAKey is the key of the first of DeviceCAs, which makes it the
+	// online issuing CA (certificate rotation, the server's CRL); without
+	// it a node given DeviceCAs neither rotates nor publishes a CRL.
+	DeviceCAKey string
+	AdminToken  string // default: the stored one, or a new one printed once
+	StoreURL    string // "" or sqlite:PATH → SQLite; postgres://… → PostgreSQL
+	BusURL      string // "" → in-process; nats://… → NATS
+	NodeID      string // default: host name
+	Profile     gateway.Profile
 	// Gateway holds the device gateway's limits (per-address limits,
 	// timeouts, the timestamp window); the certificate, CAs, profile,
 	// store, bus, node and logger fields are the node's.
 	Gateway gateway.Config
+	// CertMonitor holds the certificate monitor's settings (expiry
+	// threshold, sweep periods); its store, bus, node and logger are the node's.
+	CertMonitor certmon.Config
 	// APIBodyTimeout bounds the reading of a REST request body; 0 means 30 s.
 	APIBodyTimeout time.Duration
 	Logger         *slog.Logger
@@ -78,6 +86,7 @@ type Node struct {
 	// serverCert is the server certificate's leaf, for DeviceAddr.
 	serverCert *x509.Certificate
 	stopGC     context.CancelFunc
+	certmon    *certmon.Monitor
 	closeMu    sync.Mutex
 	closed     bool
 	serveErr   chan error
@@ -198,6 +207,13 @@ func (n *Node) start(ctx context.Context) (err error) {
 	gwCfg.TLSCertificate, gwCfg.DeviceCAs = tlsCert, deviceCAs
 	gwCfg.Profile, gwCfg.Store, gwCfg.Bus = cfg.Profile, n.store, n.bus
 	gwCfg.Node, gwCfg.Logger, gwCfg.Registerer = cfg.NodeID, cfg.Logger, reg
+	issuer, err := n.issuer(deviceCAs)
+	if err != nil {
+		return err
+	}
+	if issuer != nil {
+		gwCfg.Issuer = issuer
+	}
 	n.gw, err = gateway.New(gwCfg)
 	if err != nil {
 		return startErr("starting the device gateway", err, "check the store and bus named in the error")
@@ -211,6 +227,8 @@ func (n *Node) start(ctx context.Context) (err error) {
 		Gatherer:       reg,
 		Registerer:     reg,
 		BodyTimeout:    cfg.APIBodyTimeout,
+		CRLIssuer:      issuer,
+		CRLAnchors:     deviceCAs,
 	})
 	// The console shares the API's address: its pages under /console/,
 	// its data through the API handler itself.
@@ -220,6 +238,7 @@ func (n *Node) start(ctx context.Context) (err error) {
 	root.Handle("/console/", con)
 	root.Handle("GET /console", con)
 	root.Handle("GET /{$}", con)
+	n.startCertMonitor(gwCfg.RotationGrace)
 	n.httpSrv = api.HTTPServer(root)
 	gcCtx, stopGC := context.WithCancel(context.Background())
 	n.stopGC = stopGC
@@ -402,6 +421,9 @@ func (n *Node) Close() error {
 	n.closed = true
 	if n.stopGC != nil {
 		n.stopGC()
+	}
+	if n.certmon != nil {
+		n.certmon.Stop()
 	}
 	var errs []error
 	if n.httpSrv != nil {

@@ -22,30 +22,7 @@ import (
 // reached through node B's API (telemetry, shared attributes, RPC), and when
 // it reconnects to node B, node A's session is closed.
 func TestTwoNodesSharePostgresAndNATS(t *testing.T) {
-	pgURL := os.Getenv("THINGLINE_TEST_POSTGRES")
-	natsURL := os.Getenv("THINGLINE_TEST_NATS")
-	if pgURL == "" || natsURL == "" {
-		t.Skip("THINGLINE_TEST_POSTGRES and THINGLINE_TEST_NATS are needed for a two-node cluster")
-	}
-	// A schema of its own, so that the test sees only its own devices.
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, pgURL)
-	if err != nil {
-		t.Fatalf("postgres: %v", err)
-	}
-	schema := fmt.Sprintf("it_%d", time.Now().UnixNano())
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
-		conn.Close(context.Background())
-	})
-	sep := "?"
-	if strings.Contains(pgURL, "?") {
-		sep = "&"
-	}
-	storeURL := pgURL + sep + "search_path=" + schema
+	storeURL, natsURL := clusterStore(t)
 
 	dataA := t.TempDir()
 	a := startServer(t, dataA, "--store", storeURL, "--bus", natsURL, "--node-id", "node-a")
@@ -139,4 +116,36 @@ func subscribeDevice(t *testing.T, c mqtt.Client, attrs chan<- string) {
 	}); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe rpc: %v", tok.Error())
 	}
+}
+
+// clusterStore returns the store URL of a fresh PostgreSQL schema, so that
+// a test sees only its own devices, and the NATS URL; it skips the test
+// when either is not configured.
+func clusterStore(t *testing.T) (storeURL, natsURL string) {
+	t.Helper()
+	pgURL := os.Getenv("THINGLINE_TEST_POSTGRES")
+	natsURL = os.Getenv("THINGLINE_TEST_NATS")
+	if pgURL == "" || natsURL == "" {
+		t.Skip("THINGLINE_TEST_POSTGRES and THINGLINE_TEST_NATS are needed for a two-node cluster")
+	}
+	// A schema of its own, so that the test sees only its own devices.
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, pgURL)
+	if err != nil {
+		t.Fatalf("postgres: %v", err)
+	}
+	schema := fmt.Sprintf("it_%d", time.Now().UnixNano())
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
+		conn.Close(context.Background())
+	})
+	sep := "?"
+	if strings.Contains(pgURL, "?") {
+		sep = "&"
+	}
+	storeURL = pgURL + sep + "search_path=" + schema
+	return storeURL, natsURL
 }
