@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -235,7 +234,7 @@ func (s *Server) importCRL(w http.ResponseWriter, r *http.Request) error {
 		}
 		return errorf(http.StatusBadRequest, "reading the CRL: %v", err)
 	}
-	crl, err := pki.ParseCRL(bytes.TrimSpace(body), nil)
+	crl, err := pki.ParseCRL(body, nil)
 	if err != nil {
 		return errorf(http.StatusBadRequest, "%v", err)
 	}

@@ -28,7 +28,7 @@ func (s *server) cli(args ...string) (string, error) {
 
 // dialDevice connects with paho over TLS trusting rootFile, presenting
 // certFile (leaf, optionally followed by its issuer) and keyFile.
-func dialDevice(addr, rootFile, certFile, keyFile, clientID string, onLost mqtt.ConnectionLostHandler) (mqtt.Client, error) {
+func dialDevice(addr, rootFile, certFile, keyFile, clientID string) (mqtt.Client, error) {
 	root, err := os.ReadFile(rootFile)
 	if err != nil {
 		return nil, err
@@ -39,22 +39,7 @@ func dialDevice(addr, rootFile, certFile, keyFile, clientID string, onLost mqtt.
 	if err != nil {
 		return nil, err
 	}
-	opts := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(clientID).
-		SetTLSConfig(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: "127.0.0.1"}).
-		SetAutoReconnect(false).SetConnectRetry(false).SetCleanSession(true).SetProtocolVersion(4).
-		SetConnectTimeout(10 * time.Second).SetWriteTimeout(10 * time.Second)
-	if onLost != nil {
-		opts.SetConnectionLostHandler(onLost)
-	}
-	c := mqtt.NewClient(opts)
-	tok := c.Connect()
-	if !tok.WaitTimeout(15 * time.Second) {
-		return nil, fmt.Errorf("connect timed out")
-	}
-	if err := tok.Error(); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return dialMQTT(addr, &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: "127.0.0.1"}, clientID, nil)
 }
 
 // credentialStatus returns the status the API gives serial of device.
@@ -184,7 +169,7 @@ func TestCRLImportAndServerCRL(t *testing.T) {
 	inter, _ := os.ReadFile(filepath.Join(dir, "inter.crt"))
 	os.WriteFile(ochain, append(leaf, inter...), 0o600)
 	for _, d := range []struct{ cert, key, sn string }{{tchain, tdev.KeyPath, "SN-TCRL"}, {ochain, filepath.Join(dir, "SN-OCRL.key"), "SN-OCRL"}} {
-		c, err := dialDevice(s.mqttAddr, both, d.cert, d.key, d.sn, nil)
+		c, err := dialDevice(s.mqttAddr, both, d.cert, d.key, d.sn)
 		if err != nil {
 			t.Fatalf("%s before any CRL: %v", d.sn, err)
 		}
@@ -240,7 +225,7 @@ func TestCRLImportAndServerCRL(t *testing.T) {
 		t.Errorf("importing the same CRL again: %v %s", err, out)
 	}
 	for _, d := range []struct{ cert, key, sn string }{{tchain, tdev.KeyPath, "SN-TCRL"}, {ochain, filepath.Join(dir, "SN-OCRL.key"), "SN-OCRL"}} {
-		if c, err := dialDevice(s.mqttAddr, both, d.cert, d.key, d.sn, nil); err == nil {
+		if c, err := dialDevice(s.mqttAddr, both, d.cert, d.key, d.sn); err == nil {
 			c.Disconnect(0)
 			t.Errorf("%s connected after its CRL was imported", d.sn)
 		}

@@ -207,10 +207,15 @@ func (s *server) connect(certFile, keyFile, clientID string) (mqtt.Client, error
 
 // connectWith is connect with a handler for the connection's loss.
 func (s *server) connectWith(certFile, keyFile, clientID string, onLost mqtt.ConnectionLostHandler) (mqtt.Client, error) {
+	return dialMQTT(s.mqttAddr, s.tlsConfig(certFile, keyFile), clientID, onLost)
+}
+
+// dialMQTT opens an MQTT 3.1.1 session with paho over TLS.
+func dialMQTT(addr string, tc *tls.Config, clientID string, onLost mqtt.ConnectionLostHandler) (mqtt.Client, error) {
 	opts := mqtt.NewClientOptions().
-		AddBroker("ssl://" + s.mqttAddr).
+		AddBroker("ssl://" + addr).
 		SetClientID(clientID).
-		SetTLSConfig(s.tlsConfig(certFile, keyFile)).
+		SetTLSConfig(tc).
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetCleanSession(true).
