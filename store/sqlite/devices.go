@@ -258,6 +258,7 @@ func (s *Store) DeleteDevice(ctx context.Context, name string) error {
 			"DELETE FROM latest WHERE device=?",
 			"DELETE FROM chunk WHERE device=?",
 			"DELETE FROM dirty WHERE device=?",
+			"DELETE FROM compacted WHERE device=?",
 		} {
 			if _, err := tx.ExecContext(ctx, q, id); err != nil {
 				return err

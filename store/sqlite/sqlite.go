@@ -91,6 +91,7 @@ type Store struct {
 	// Owned by the writer goroutine.
 	nextSeq     int64
 	lastCompact time.Time
+	cur         *compaction // in progress, or nil
 
 	batches, records, syncs, compactions, compactFailures atomic.Int64
 	commitNanos, syncNanos, compactNanos                  atomic.Int64
@@ -327,6 +328,10 @@ CREATE INDEX devices_last_seen ON devices(last_seen_at, name);
 CREATE INDEX devices_online ON devices(online, name);
 CREATE INDEX devices_profile ON devices(profile, name);
 `,
+	// A compaction moves devices a few at a time (docs/storage.md): a
+	// device's log records up to its seq here are in chunk/latest too, until
+	// the global mark passes it and the row goes.
+	`CREATE TABLE compacted (device INTEGER PRIMARY KEY, seq INTEGER NOT NULL)`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -459,12 +464,23 @@ func (s *Store) writeSingle(ctx context.Context, fn func(ctx context.Context, tx
 func (s *Store) writer() {
 	defer close(s.done)
 	batch := make([]*op, 0, s.opt.MaxBatch)
+	stepNow := make(chan struct{})
+	close(stepNow)
 	timer := time.NewTimer(s.opt.CompactInterval)
 	defer timer.Stop()
 	for {
 		var first *op
+		// While a compaction is in progress its steps run between batches,
+		// and whenever no write waits.
+		var step chan struct{}
+		if s.cur != nil {
+			step = stepNow
+		}
 		select {
 		case first = <-s.ops:
+		case <-step:
+			s.maybeCompact(false)
+			continue
 		case <-timer.C:
 			timer.Reset(s.opt.CompactInterval)
 			s.maybeCompact(false)

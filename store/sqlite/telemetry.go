@@ -85,6 +85,33 @@ func (t *tail) device(id int64) []tailRec {
 	return slices.Clone(t.byDev[id])
 }
 
+// upTo returns the device's records with seq ≤ seq (a prefix: they are in
+// seq order); the records are immutable.
+func (t *tail) upTo(id, seq int64) []tailRec {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	recs := t.byDev[id]
+	i := sort.Search(len(recs), func(i int) bool { return recs[i].seq > seq })
+	return recs[:i:i]
+}
+
+// cut drops the records with seq ≤ seq of devs, once they are in chunks.
+func (t *tail) cut(devs []int64, seq int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, d := range devs {
+		recs := t.byDev[d]
+		i := sort.Search(len(recs), func(i int) bool { return recs[i].seq > seq })
+		t.n -= i
+		if i == len(recs) {
+			delete(t.byDev, d)
+		} else {
+			// A copy, so that the moved records' memory goes.
+			t.byDev[d] = slices.Clone(recs[i:])
+		}
+	}
+}
+
 func (t *tail) size() int {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
@@ -115,6 +142,12 @@ func (s *Store) loadTail(ctx context.Context) error {
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("sqlite: loading devices: %w", err)
 	}
+	// Devices an unfinished compaction moved: their records up to their
+	// mark are in chunks already.
+	marks, err := s.compactedMarks(ctx)
+	if err != nil {
+		return err
+	}
 	rows, err = s.db.QueryContext(ctx, "SELECT seq, n, data FROM tlog ORDER BY seq")
 	if err != nil {
 		return fmt.Errorf("sqlite: loading telemetry log: %w", err)
@@ -130,7 +163,7 @@ func (s *Store) loadTail(ctx context.Context) error {
 		}
 		i := int64(0)
 		err := eachLogRecord(data, func(dev, ts int64, kvs []byte) {
-			if devs[dev] {
+			if devs[dev] && seq+i > marks[dev] {
 				adds = append(adds, tailAdd{dev: dev, rec: tailRec{seq: seq + i, ts: ts, kvs: kvs}})
 			}
 			i++
@@ -149,6 +182,26 @@ func (s *Store) loadTail(ctx context.Context) error {
 	s.tail.add(adds)
 	s.nextSeq = max(w, maxSeq) + 1
 	return nil
+}
+
+func (s *Store) compactedMarks(ctx context.Context) (map[int64]int64, error) {
+	marks := map[int64]int64{}
+	rows, err := s.db.QueryContext(ctx, "SELECT device, seq FROM compacted")
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: loading compaction marks: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var d, seq int64
+		if err := rows.Scan(&d, &seq); err != nil {
+			return nil, fmt.Errorf("sqlite: loading compaction marks: %w", err)
+		}
+		marks[d] = seq
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: loading compaction marks: %w", err)
+	}
+	return marks, nil
 }
 
 // AppendTelemetry appends recs to the log and returns once they are committed.
@@ -172,143 +225,237 @@ func (s *Store) Compact(ctx context.Context) error {
 	return s.do(ctx, &op{fn: func(context.Context, *sql.Tx) error { return nil }})
 }
 
-func (s *Store) maybeCompact(force bool) {
-	n := s.tail.size()
-	if !force && n < s.opt.CompactRecords && (n == 0 || time.Since(s.lastCompact) < s.opt.CompactInterval) {
-		return
-	}
-	s.lastCompact = time.Now()
-	err := s.compact(context.Background())
-	s.compactNanos.Add(int64(time.Since(s.lastCompact)))
-	s.compactions.Add(1)
-	if err != nil {
-		// The log still holds everything; the next attempt retries.
-		s.compactFailures.Add(1)
-	}
+// compactStepTime bounds one step of a compaction: the writer commits the
+// appends that arrived meanwhile between steps, so an acknowledgement waits
+// for at most one step, not for a whole compaction (which, with ten
+// thousand devices each sending a reading a second, takes a second or more:
+// every device costs a few statements whatever its record count).
+var compactStepTime = 2 * time.Millisecond
+
+// compaction is a compaction in progress, owned by the writer goroutine: the
+// log up to upTo moves into chunks a few devices per step, each step its own
+// transaction recording the devices' marks (table compacted), then a last
+// step deletes the log up to upTo and moves the global mark, then buckets
+// needing a merge are merged a few per step.
+type compaction struct {
+	upTo    int64
+	devs    []int64 // still to move, ascending
+	logDone bool    // the log is deleted up to upTo and the mark moved
+	touched map[[2]int64]bool
+	merged  int // buckets merged
+	start   time.Time
 }
 
-// compact runs on the writer goroutine, so no append happens meanwhile: the
-// whole tail is compacted and then reset.
-func (s *Store) compact(ctx context.Context) error {
+// compactDue tells whether a compaction should start: the tail is large, or
+// old.
+func (s *Store) compactDue() bool {
+	n := s.tail.size()
+	return n >= s.opt.CompactRecords || (n > 0 && time.Since(s.lastCompact) >= s.opt.CompactInterval)
+}
+
+// maybeCompact starts a compaction when one is due and runs a step of the
+// one in progress; with force it runs a whole compaction (after finishing
+// the one in progress).
+func (s *Store) maybeCompact(force bool) {
+	if force {
+		// Finish the one in progress (it moves an older part of the log),
+		// then move everything.
+		for s.cur != nil {
+			s.compactStep()
+		}
+		s.beginCompaction()
+		for s.cur != nil {
+			s.compactStep()
+		}
+		return
+	}
+	if s.cur == nil {
+		if !s.compactDue() {
+			return
+		}
+		s.beginCompaction()
+	}
+	s.compactStep()
+}
+
+func (s *Store) beginCompaction() {
+	s.lastCompact = time.Now()
 	s.tail.mu.RLock()
 	devs := make([]int64, 0, len(s.tail.byDev))
 	for d := range s.tail.byDev {
 		devs = append(devs, d)
 	}
-	snapshot := make(map[int64][]tailRec, len(devs))
-	for _, d := range devs {
-		snapshot[d] = s.tail.byDev[d]
-	}
 	s.tail.mu.RUnlock()
 	slices.Sort(devs)
-	upTo := s.nextSeq - 1
+	s.cur = &compaction{upTo: s.nextSeq - 1, devs: devs, touched: map[[2]int64]bool{}, start: time.Now()}
+}
 
+// compactStep runs one step of the compaction in progress.
+func (s *Store) compactStep() {
+	c := s.cur
+	start := time.Now()
+	var err error
+	done := false
+	switch {
+	case len(c.devs) > 0:
+		err = s.compactDevices(context.Background(), c)
+	case !c.logDone:
+		err = s.compactLog(context.Background(), c)
+	default:
+		done, err = s.merge(context.Background(), c)
+	}
+	s.compactNanos.Add(int64(time.Since(start)))
+	if err != nil {
+		// What was committed is consistent (marks and chunks together);
+		// the next compaction moves the rest.
+		s.compactFailures.Add(1)
+		s.cur = nil
+		return
+	}
+	if done {
+		s.compactions.Add(1)
+		s.cur = nil
+	}
+}
+
+// compactDevices moves the log records up to c.upTo of the next few devices
+// into chunks and the latest table, in one transaction, then drops them
+// from the tail.
+func (s *Store) compactDevices(ctx context.Context, c *compaction) error {
+	start := time.Now()
 	tx, err := s.wconn.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("sqlite: compacting: %w", err)
 	}
 	defer tx.Rollback()
-	ins, err := tx.PrepareContext(ctx,
-		"INSERT INTO chunk(device, bucket, t_start, t_end, n, data) VALUES (?, ?, ?, ?, ?, ?)")
+	st, err := prepareCompaction(ctx, tx)
 	if err != nil {
+		return err
+	}
+	var moved []int64
+	for len(c.devs) > 0 && (len(moved) == 0 || time.Since(start) < compactStepTime) {
+		d := c.devs[0]
+		c.devs = c.devs[1:]
+		moved = append(moved, d)
+		if err := st.device(ctx, d, s.tail.upTo(d, c.upTo), c); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: committing compaction: %w", err)
+	}
+	s.tail.cut(moved, c.upTo)
+	return nil
+}
+
+// compactionStmts are the statements of a compaction step.
+type compactionStmts struct {
+	ins, markDirty, upLatest, exists, mark *sql.Stmt
+}
+
+func prepareCompaction(ctx context.Context, tx *sql.Tx) (*compactionStmts, error) {
+	var st compactionStmts
+	for _, p := range []struct {
+		dst **sql.Stmt
+		q   string
+	}{
+		{&st.ins, "INSERT INTO chunk(device, bucket, t_start, t_end, n, data) VALUES (?, ?, ?, ?, ?, ?)"},
+		// Chunks written by one compaction never overlap; a bucket that
+		// already had one needs a merge once it is closed.
+		{&st.markDirty, "INSERT OR IGNORE INTO dirty(device, bucket) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM chunk WHERE device=?1 AND bucket=?2)"},
+		{&st.upLatest, `INSERT INTO latest(device, key, ts, value) VALUES (?, ?, ?, ?)
+		ON CONFLICT(device, key) DO UPDATE SET ts=excluded.ts, value=excluded.value WHERE excluded.ts >= latest.ts`},
+		{&st.exists, "SELECT EXISTS (SELECT 1 FROM devices WHERE id=?)"},
+		{&st.mark, "INSERT OR REPLACE INTO compacted(device, seq) VALUES (?, ?)"},
+	} {
+		var err error
+		if *p.dst, err = tx.PrepareContext(ctx, p.q); err != nil {
+			return nil, fmt.Errorf("sqlite: compacting: %w", err)
+		}
+	}
+	return &st, nil
+}
+
+// device writes one device's records (its log records up to c.upTo, in seq
+// order) as chunks and latest values, and its mark.
+func (st *compactionStmts) device(ctx context.Context, d int64, recs []tailRec, c *compaction) error {
+	var ok bool
+	if err := st.exists.QueryRowContext(ctx, d).Scan(&ok); err != nil {
 		return fmt.Errorf("sqlite: compacting: %w", err)
 	}
-	firstOfBucket, err := tx.PrepareContext(ctx,
-		"SELECT NOT EXISTS (SELECT 1 FROM chunk WHERE device=? AND bucket=?)")
-	if err != nil {
-		return fmt.Errorf("sqlite: compacting: %w", err)
-	}
-	markDirty, err := tx.PrepareContext(ctx, "INSERT OR IGNORE INTO dirty(device, bucket) VALUES (?, ?)")
-	if err != nil {
-		return fmt.Errorf("sqlite: compacting: %w", err)
-	}
-	upLatest, err := tx.PrepareContext(ctx, `INSERT INTO latest(device, key, ts, value) VALUES (?, ?, ?, ?)
-		ON CONFLICT(device, key) DO UPDATE SET ts=excluded.ts, value=excluded.value WHERE excluded.ts >= latest.ts`)
-	if err != nil {
-		return fmt.Errorf("sqlite: compacting: %w", err)
-	}
-	exists, err := tx.PrepareContext(ctx, "SELECT EXISTS (SELECT 1 FROM devices WHERE id=?)")
-	if err != nil {
-		return fmt.Errorf("sqlite: compacting: %w", err)
+	if !ok || len(recs) == 0 {
+		return nil // deleted: its log rows go with the others at the end
 	}
 	type lv struct {
 		ts int64
 		v  []byte
 	}
-	touched := map[[2]int64]bool{}
-	for _, d := range devs {
-		var ok bool
-		if err := exists.QueryRowContext(ctx, d).Scan(&ok); err != nil {
+	// Group by bucket, keeping seq order inside each.
+	byBucket := map[int64][]tailRec{}
+	var buckets []int64
+	latest := map[string]*lv{}
+	for _, r := range recs {
+		b := bucketOf(r.ts)
+		if _, seen := byBucket[b]; !seen {
+			buckets = append(buckets, b)
+		}
+		byBucket[b] = append(byBucket[b], r)
+		eachKV(r.kvs, func(k, v []byte) {
+			if cur := latest[string(k)]; cur == nil {
+				latest[string(k)] = &lv{r.ts, v}
+			} else if r.ts >= cur.ts {
+				cur.ts, cur.v = r.ts, v
+			}
+		})
+	}
+	slices.Sort(buckets)
+	for _, b := range buckets {
+		c.touched[[2]int64{d, b}] = true
+		if _, err := st.markDirty.ExecContext(ctx, d, b); err != nil {
 			return fmt.Errorf("sqlite: compacting: %w", err)
 		}
-		if !ok {
-			continue // deleted: its log rows go with the others below
-		}
-		recs := snapshot[d]
-		// Group by bucket, keeping seq order inside each.
-		byBucket := map[int64][]tailRec{}
-		var buckets []int64
-		latest := map[string]*lv{}
-		for _, r := range recs {
-			b := bucketOf(r.ts)
-			if _, seen := byBucket[b]; !seen {
-				buckets = append(buckets, b)
-			}
-			byBucket[b] = append(byBucket[b], r)
-			eachKV(r.kvs, func(k, v []byte) {
-				if cur := latest[string(k)]; cur == nil {
-					latest[string(k)] = &lv{r.ts, v}
-				} else if r.ts >= cur.ts {
-					cur.ts, cur.v = r.ts, v
-				}
-			})
-		}
-		slices.Sort(buckets)
-		for _, b := range buckets {
-			var first bool
-			if err := firstOfBucket.QueryRowContext(ctx, d, b).Scan(&first); err != nil {
-				return fmt.Errorf("sqlite: compacting: %w", err)
-			}
-			rs := byBucket[b]
-			touched[[2]int64{d, b}] = true
-			// Chunks written by one compaction never overlap; a bucket
-			// that already had one needs a merge once it is closed.
-			if !first {
-				if _, err := markDirty.ExecContext(ctx, d, b); err != nil {
-					return fmt.Errorf("sqlite: compacting: %w", err)
-				}
-			}
-			if err := insertChunks(ctx, ins, d, b, rs); err != nil {
-				return err
-			}
-		}
-		keys := make([]string, 0, len(latest))
-		for k := range latest {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			if _, err := upLatest.ExecContext(ctx, d, k, latest[k].ts, latest[k].v); err != nil {
-				return fmt.Errorf("sqlite: compacting latest: %w", err)
-			}
+		if err := insertChunks(ctx, st.ins, d, b, byBucket[b]); err != nil {
+			return err
 		}
 	}
-	if _, err := tx.ExecContext(ctx, "DELETE FROM tlog WHERE seq <= ?", upTo); err != nil {
+	keys := make([]string, 0, len(latest))
+	for k := range latest {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if _, err := st.upLatest.ExecContext(ctx, d, k, latest[k].ts, latest[k].v); err != nil {
+			return fmt.Errorf("sqlite: compacting latest: %w", err)
+		}
+	}
+	if _, err := st.mark.ExecContext(ctx, d, c.upTo); err != nil {
 		return fmt.Errorf("sqlite: compacting: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, "UPDATE meta SET v=? WHERE k='compacted'", upTo); err != nil {
+	return nil
+}
+
+// compactLog ends the moving part of a compaction: every device's records
+// up to c.upTo are in chunks, so the log rows go and the global mark
+// replaces the devices' own.
+func (s *Store) compactLog(ctx context.Context, c *compaction) error {
+	tx, err := s.wconn.BeginTx(ctx, nil)
+	if err != nil {
 		return fmt.Errorf("sqlite: compacting: %w", err)
 	}
-	if err := s.merge(ctx, tx, ins, touched); err != nil {
-		return err
+	defer tx.Rollback()
+	for _, q := range []string{
+		"DELETE FROM tlog WHERE seq <= ?1",
+		"UPDATE meta SET v=?1 WHERE k='compacted'",
+		"DELETE FROM compacted WHERE seq <= ?1",
+	} {
+		if _, err := tx.ExecContext(ctx, q, c.upTo); err != nil {
+			return fmt.Errorf("sqlite: compacting: %w", err)
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("sqlite: committing compaction: %w", err)
 	}
-	s.tail.mu.Lock()
-	s.tail.byDev = make(map[int64][]tailRec)
-	s.tail.n = 0
-	s.tail.mu.Unlock()
+	c.logDone = true
 	return nil
 }
 
@@ -351,12 +498,20 @@ func insertChunks(ctx context.Context, ins *sql.Stmt, dev, bucket int64, rs []ta
 // possible, once the bucket is in the past and was not written by this
 // compaction: a bucket still being written (the current hour, or a past
 // one a device is filling with backdated records) would need merging again
-// at every compaction, rewriting all its records each time.
-func (s *Store) merge(ctx context.Context, tx *sql.Tx, ins *sql.Stmt, touched map[[2]int64]bool) error {
-	now := bucketOf(time.Now().UnixMilli())
-	rows, err := tx.QueryContext(ctx, "SELECT device, bucket FROM dirty WHERE bucket < ? LIMIT ?", now, mergeBuckets+len(touched))
+// at every compaction, rewriting all its records each time. One step merges
+// what fits in compactStepTime, up to mergeBuckets per compaction; done
+// tells that no bucket is left for this compaction.
+func (s *Store) merge(ctx context.Context, c *compaction) (done bool, err error) {
+	start := time.Now()
+	tx, err := s.wconn.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("sqlite: merging: %w", err)
+		return false, fmt.Errorf("sqlite: merging: %w", err)
+	}
+	defer tx.Rollback()
+	now := bucketOf(time.Now().UnixMilli())
+	rows, err := tx.QueryContext(ctx, "SELECT device, bucket FROM dirty WHERE bucket < ? LIMIT ?", now, mergeBuckets+len(c.touched))
+	if err != nil {
+		return false, fmt.Errorf("sqlite: merging: %w", err)
 	}
 	type db struct{ d, b int64 }
 	var todo []db
@@ -364,53 +519,75 @@ func (s *Store) merge(ctx context.Context, tx *sql.Tx, ins *sql.Stmt, touched ma
 		var x db
 		if err := rows.Scan(&x.d, &x.b); err != nil {
 			rows.Close()
-			return fmt.Errorf("sqlite: merging: %w", err)
+			return false, fmt.Errorf("sqlite: merging: %w", err)
 		}
-		if !touched[[2]int64{x.d, x.b}] && len(todo) < mergeBuckets {
+		if !c.touched[[2]int64{x.d, x.b}] && c.merged < mergeBuckets {
 			todo = append(todo, x)
 		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
+		return false, fmt.Errorf("sqlite: merging: %w", err)
+	}
+	if len(todo) == 0 {
+		return true, nil
+	}
+	ins, err := tx.PrepareContext(ctx, "INSERT INTO chunk(device, bucket, t_start, t_end, n, data) VALUES (?, ?, ?, ?, ?, ?)")
+	if err != nil {
+		return false, fmt.Errorf("sqlite: merging: %w", err)
+	}
+	for k, x := range todo {
+		if k > 0 && time.Since(start) >= compactStepTime {
+			break
+		}
+		if err := mergeBucket(ctx, tx, ins, x.d, x.b); err != nil {
+			return false, err
+		}
+		c.merged++
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("sqlite: committing merge: %w", err)
+	}
+	return false, nil
+}
+
+// mergeBucket rewrites the chunks of one device's bucket.
+func mergeBucket(ctx context.Context, tx *sql.Tx, ins *sql.Stmt, d, b int64) error {
+	var rs []tailRec
+	crows, err := tx.QueryContext(ctx, "SELECT data FROM chunk WHERE device=? AND bucket=? ORDER BY id", d, b)
+	if err != nil {
 		return fmt.Errorf("sqlite: merging: %w", err)
 	}
-	for _, x := range todo {
-		var rs []tailRec
-		crows, err := tx.QueryContext(ctx, "SELECT data FROM chunk WHERE device=? AND bucket=? ORDER BY id", x.d, x.b)
+	for crows.Next() {
+		var data []byte
+		if err := crows.Scan(&data); err != nil {
+			crows.Close()
+			return fmt.Errorf("sqlite: merging: %w", err)
+		}
+		recs, err := chunkRecordsOf(data)
+		if err == nil {
+			err = eachRecord(recs, func(ts int64, kvs []byte) error {
+				rs = append(rs, tailRec{ts: ts, kvs: kvs})
+				return nil
+			})
+		}
 		if err != nil {
+			crows.Close()
 			return fmt.Errorf("sqlite: merging: %w", err)
 		}
-		for crows.Next() {
-			var data []byte
-			if err := crows.Scan(&data); err != nil {
-				crows.Close()
-				return fmt.Errorf("sqlite: merging: %w", err)
-			}
-			recs, err := chunkRecordsOf(data)
-			if err == nil {
-				err = eachRecord(recs, func(ts int64, kvs []byte) error {
-					rs = append(rs, tailRec{ts: ts, kvs: kvs})
-					return nil
-				})
-			}
-			if err != nil {
-				crows.Close()
-				return fmt.Errorf("sqlite: merging: %w", err)
-			}
-		}
-		crows.Close()
-		if err := crows.Err(); err != nil {
-			return fmt.Errorf("sqlite: merging: %w", err)
-		}
-		if _, err := tx.ExecContext(ctx, "DELETE FROM chunk WHERE device=? AND bucket=?", x.d, x.b); err != nil {
-			return fmt.Errorf("sqlite: merging: %w", err)
-		}
-		if err := insertChunks(ctx, ins, x.d, x.b, rs); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, "DELETE FROM dirty WHERE device=? AND bucket=?", x.d, x.b); err != nil {
-			return fmt.Errorf("sqlite: merging: %w", err)
-		}
+	}
+	crows.Close()
+	if err := crows.Err(); err != nil {
+		return fmt.Errorf("sqlite: merging: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM chunk WHERE device=? AND bucket=?", d, b); err != nil {
+		return fmt.Errorf("sqlite: merging: %w", err)
+	}
+	if err := insertChunks(ctx, ins, d, b, rs); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM dirty WHERE device=? AND bucket=?", d, b); err != nil {
+		return fmt.Errorf("sqlite: merging: %w", err)
 	}
 	return nil
 }
@@ -425,8 +602,11 @@ func (s *Store) readTx(ctx context.Context, dev int64) (*sql.Tx, []tailRec, erro
 	if err != nil {
 		return nil, nil, err
 	}
+	// The device's mark: the global one, or its own if a compaction in
+	// progress moved it already.
 	var w int64
-	if err := tx.QueryRowContext(ctx, "SELECT v FROM meta WHERE k='compacted'").Scan(&w); err != nil {
+	if err := tx.QueryRowContext(ctx, `SELECT max(v, coalesce((SELECT seq FROM compacted WHERE device=?), 0))
+		FROM meta WHERE k='compacted'`, dev).Scan(&w); err != nil {
 		tx.Rollback()
 		return nil, nil, err
 	}
