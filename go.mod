@@ -19,6 +19,7 @@ require (
 	github.com/spf13/cobra v1.10.2
 	github.com/twmb/murmur3 v1.2.2
 	github.com/yeqown/go-qrcode/v2 v2.2.5
+	golang.org/x/crypto v0.57.0
 	golang.org/x/image v0.34.0
 	golang.org/x/sys v0.48.0
 	golang.org/x/term v0.46.0
@@ -45,7 +46,6 @@ require (
 	github.com/rs/xid v1.4.0 // indirect
 	github.com/spf13/pflag v1.0.9 // indirect
 	github.com/yeqown/reedsolomon v1.0.0 // indirect
-	golang.org/x/crypto v0.57.0 // indirect
 	golang.org/x/net v0.59.0 // indirect
 	golang.org/x/sync v0.23.0 // indirect
 	golang.org/x/text v0.42.0 // indirect

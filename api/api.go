@@ -2,6 +2,16 @@
 // events and the factory's unit registry, as JSON over HTTP with bearer
 // tokens.
 //
+// Authorization is central and declarative: every entry of the route table
+// below declares its Access — Public, Self, Staff, Admin, DeviceState or
+// DeviceData (the rules are in access.go) — and wrap enforces it before the
+// handler runs. A device-scoped route resolves its device once (a device
+// that is not the caller's answers 404), and carries the lower time bound
+// of what the caller may see of it: handlers get the device with s.device
+// and apply visibleFrom to every listing. A new route must declare its
+// Access (and the same x-access in openapi.json); TestRouteAccess fails on
+// one that does not. docs/accounts.md describes the roles.
+//
 // The API reads from the store and sends commands through the bus, so any
 // node's API reaches a device connected to any other node.
 package api
@@ -9,7 +19,6 @@ package api
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/x509"
 	_ "embed"
 	"encoding/json"
@@ -17,12 +26,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/thingline/thingline/account"
 	"github.com/thingline/thingline/bus"
 	"github.com/thingline/thingline/pki"
 	"github.com/thingline/thingline/store"
@@ -43,6 +52,8 @@ type Config struct {
 	BodyTimeout time.Duration
 	// Health reports whether the node is ready; nil means always.
 	Health func(ctx context.Context) error
+	// SessionTTL is the lifetime of a login's session token; default 1 h.
+	SessionTTL time.Duration
 	// CRLIssuer is the online issuing CA that signs the server's CRL
 	// (GET /crl/device-ca.crl); nil: no CRL is published.
 	CRLIssuer *pki.CA
@@ -59,14 +70,18 @@ type Server struct {
 	mux    *http.ServeMux
 	routes []route
 	met    *apiMetrics
+	// Failed logins per account and per source address.
+	loginsUser, loginsAddr *account.Limiter
 	crl    crlCache
 }
 
 // route is one entry of the API's route table; openapi.json documents each
-// of them (a test keeps the two in step).
+// of them (a test keeps the two in step). Access says who may call it (see
+// access.go): every route declares it, and TestRouteAccess walks every
+// documented route with every role.
 type route struct {
 	Method, Pattern string
-	Public          bool  // no token needed
+	Access          Access
 	MaxBody         int64 // largest request body; 0 means 1 MiB
 	h               func(w http.ResponseWriter, r *http.Request) error
 	query           []queryParam // from openapi.json (see params.go)
@@ -86,42 +101,45 @@ func New(cfg Config) *Server {
 	if cfg.Gatherer == nil {
 		cfg.Gatherer = prometheus.DefaultGatherer
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux(), met: newAPIMetrics(cfg.Registerer)}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), met: newAPIMetrics(cfg.Registerer),
+		loginsUser: account.NewLimiter(loginBurstAccount, loginWindow),
+		loginsAddr: account.NewLimiter(loginBurstAddr, loginWindow)}
 	queries, err := documentedQueries(openapiJSON)
 	if err != nil {
 		panic(err) // the embedded document; TestOpenAPIMatchesRoutes reads it too
 	}
 	metrics := promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})
 	s.routes = []route{
-		{Method: "GET", Pattern: "/healthz", Public: true, h: s.healthz},
-		{Method: "GET", Pattern: "/metrics", Public: true, h: func(w http.ResponseWriter, r *http.Request) error {
+		{Method: "GET", Pattern: "/healthz", Access: Public, h: s.healthz},
+		{Method: "GET", Pattern: "/metrics", Access: Public, h: func(w http.ResponseWriter, r *http.Request) error {
 			metrics.ServeHTTP(w, r)
 			return nil
 		}},
-		{Method: "GET", Pattern: "/api/v1/openapi.json", Public: true, h: func(w http.ResponseWriter, r *http.Request) error {
+		{Method: "GET", Pattern: "/api/v1/openapi.json", Access: Public, h: func(w http.ResponseWriter, r *http.Request) error {
 			w.Header().Set("Content-Type", "application/json")
 			_, err := w.Write(openapiJSON)
 			return err
 		}},
-		{Method: "GET", Pattern: "/api/v1/devices", h: s.listDevices},
-		{Method: "GET", Pattern: "/api/v1/fleet", h: s.fleetSummary},
-		{Method: "GET", Pattern: "/api/v1/devices/{name}", h: s.getDevice},
-		{Method: "DELETE", Pattern: "/api/v1/devices/{name}", h: s.deleteDevice},
-		{Method: "GET", Pattern: "/api/v1/devices/{name}/credentials", h: s.listCredentials},
-		{Method: "POST", Pattern: "/api/v1/devices/{name}/credentials/revoke", h: s.revokeCredential},
-		{Method: "GET", Pattern: "/api/v1/certificates/expiry", h: s.certificateExpiry},
-		{Method: "POST", Pattern: "/api/v1/crls", MaxBody: maxCRL, h: s.importCRL},
-		{Method: "GET", Pattern: "/crl/{file}", Public: true, h: s.serverCRL},
-		{Method: "GET", Pattern: "/api/v1/devices/{name}/telemetry/latest", h: s.latestTelemetry},
-		{Method: "GET", Pattern: "/api/v1/devices/{name}/telemetry", h: s.queryTelemetry},
-		{Method: "GET", Pattern: "/api/v1/devices/{name}/attributes", h: s.getAttributes},
-		{Method: "POST", Pattern: "/api/v1/devices/{name}/attributes", h: s.postAttributes},
-		{Method: "POST", Pattern: "/api/v1/devices/{name}/rpc", h: s.rpc},
-		{Method: "GET", Pattern: "/api/v1/events", h: s.listEvents},
-		{Method: "GET", Pattern: "/api/v1/revocations", h: s.listRevocations},
-		{Method: "POST", Pattern: "/api/v1/revocations", h: s.revoke},
-		{Method: "POST", Pattern: "/api/v1/factory/units", h: s.addUnits},
+		{Method: "GET", Pattern: "/api/v1/devices", Access: Self, h: s.listDevices},
+		{Method: "GET", Pattern: "/api/v1/fleet", Access: Staff, h: s.fleetSummary},
+		{Method: "GET", Pattern: "/api/v1/devices/{name}", Access: DeviceState, h: s.getDevice},
+		{Method: "DELETE", Pattern: "/api/v1/devices/{name}", Access: Admin, h: s.deleteDevice},
+		{Method: "GET", Pattern: "/api/v1/devices/{name}/credentials", Access: DeviceState, h: s.listCredentials},
+		{Method: "POST", Pattern: "/api/v1/devices/{name}/credentials/revoke", Access: Admin, h: s.revokeCredential},
+		{Method: "GET", Pattern: "/api/v1/certificates/expiry", Access: Staff, h: s.certificateExpiry},
+		{Method: "POST", Pattern: "/api/v1/crls", Access: Admin, MaxBody: maxCRL, h: s.importCRL},
+		{Method: "GET", Pattern: "/crl/{file}", Access: Public, h: s.serverCRL},
+		{Method: "GET", Pattern: "/api/v1/devices/{name}/telemetry/latest", Access: DeviceData, h: s.latestTelemetry},
+		{Method: "GET", Pattern: "/api/v1/devices/{name}/telemetry", Access: DeviceData, h: s.queryTelemetry},
+		{Method: "GET", Pattern: "/api/v1/devices/{name}/attributes", Access: DeviceData, h: s.getAttributes},
+		{Method: "POST", Pattern: "/api/v1/devices/{name}/attributes", Access: DeviceData, h: s.postAttributes},
+		{Method: "POST", Pattern: "/api/v1/devices/{name}/rpc", Access: DeviceData, h: s.rpc},
+		{Method: "GET", Pattern: "/api/v1/events", Access: DeviceData, h: s.listEvents},
+		{Method: "GET", Pattern: "/api/v1/revocations", Access: Staff, h: s.listRevocations},
+		{Method: "POST", Pattern: "/api/v1/revocations", Access: Admin, h: s.revoke},
+		{Method: "POST", Pattern: "/api/v1/factory/units", Access: Admin, h: s.addUnits},
 	}
+	s.routes = append(s.routes, s.accountRoutes()...)
 	for _, rt := range s.routes {
 		rt.query = queries[rt.Method+" "+rt.Pattern]
 		s.mux.Handle(rt.Method+" "+rt.Pattern, s.wrap(rt))
@@ -161,23 +179,25 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 
 func (s *Server) wrap(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !rt.Public && !s.authorized(r) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="thingline"`)
-			writeError(w, http.StatusUnauthorized, "missing or invalid bearer token")
-			return
+		r, err := s.withView(r, rt)
+		if err == nil {
+			err = checkQuery(r, rt.query)
+			if err != nil {
+				s.met.refused.WithLabelValues("bad-query").Inc()
+			}
 		}
-		err := checkQuery(r, rt.query)
 		if err == nil {
 			s.limitBody(w, r, rt.MaxBody)
 			err = rt.h(w, r)
-		} else {
-			s.met.refused.WithLabelValues("bad-query").Inc()
 		}
 		if err == nil {
 			return
 		}
 		var he *httpError
 		switch {
+		case errors.Is(err, errUnauthenticated):
+			w.Header().Set("WWW-Authenticate", `Bearer realm="thingline"`)
+			writeError(w, http.StatusUnauthorized, err.Error())
 		case errors.As(err, &he):
 			writeError(w, he.status, he.msg)
 		case errors.Is(err, store.ErrNotFound):
@@ -187,16 +207,6 @@ func (s *Server) wrap(rt route) http.Handler {
 			writeError(w, http.StatusInternalServerError, "internal error")
 		}
 	})
-}
-
-func (s *Server) authorized(r *http.Request) bool {
-	h := r.Header.Get("Authorization")
-	tok, ok := strings.CutPrefix(h, "Bearer ")
-	if !ok || tok == "" {
-		return false
-	}
-	sum := sha256.Sum256([]byte(tok))
-	return subtle.ConstantTimeCompare(sum[:], s.cfg.AdminTokenHash[:]) == 1
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {

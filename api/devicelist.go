@@ -20,6 +20,9 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
 	}
 	opt := store.ListOptions{Limit: int(limit), Search: strings.TrimSpace(q.Get("q")),
 		Profile: q.Get("profile"), Firmware: q.Get("firmware")}
+	if p := principal(r); !p.Role.Staff() {
+		opt.Owner = p.UserID // an owner lists their own devices only
+	}
 	sort := q.Get("sort")
 	sort, opt.Desc = strings.CutPrefix(sort, "-")
 	opt.Sort = store.DeviceSort(sort)

@@ -41,8 +41,13 @@ func splitKeys(v string) []string {
 	return keys
 }
 
-// device looks up the device named in the path.
+// device returns the device named in the path, as authorization resolved
+// it (a device-scoped route never reaches its handler for a device the
+// caller may not see).
 func (s *Server) device(r *http.Request) (store.Device, error) {
+	if v := viewOf(r); v.hasDev {
+		return v.dev, nil
+	}
 	name := r.PathValue("name")
 	d, err := s.cfg.Store.GetDevice(r.Context(), name)
 	if errors.Is(err, store.ErrNotFound) {
@@ -94,6 +99,13 @@ func (s *Server) latestTelemetry(w http.ResponseWriter, r *http.Request) error {
 	if pts == nil {
 		pts = map[string]store.Point{}
 	}
+	if from := visibleFromMs(r); from > 0 {
+		for k, p := range pts {
+			if p.TS < from {
+				delete(pts, k) // nothing of this key since the caller's epoch began
+			}
+		}
+	}
 	writeJSON(w, http.StatusOK, pts)
 	return nil
 }
@@ -115,6 +127,7 @@ func (s *Server) queryTelemetry(w http.ResponseWriter, r *http.Request) error {
 	if from > to {
 		return errorf(http.StatusBadRequest, "from (%d) is after to (%d)", from, to)
 	}
+	from = max(from, visibleFromMs(r))
 	limit, err := queryInt(r, "limit", defaultLimit, 1, maxLimit)
 	if err != nil {
 		return err
@@ -173,6 +186,13 @@ func (s *Server) getAttributes(w http.ResponseWriter, r *http.Request) error {
 		}
 		if m == nil {
 			m = map[string]store.Attribute{}
+		}
+		if from := visibleFromMs(r); from > 0 {
+			for k, a := range m {
+				if a.UpdatedAt < from {
+					delete(m, k) // set in an earlier ownership epoch
+				}
+			}
 		}
 		out[sc] = m
 	}
@@ -333,6 +353,16 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
 	})
 	if err != nil {
 		return err
+	}
+	if v := viewOf(r); v.hasDev {
+		// An owner sees the events of their epoch only; events come newest
+		// first, so the first older one ends the page and the listing.
+		for i, e := range evs {
+			if e.Time.Before(v.from) {
+				evs, limit = evs[:i], -1
+				break
+			}
+		}
 	}
 	resp := struct {
 		Events []store.Event `json:"events"`

@@ -36,16 +36,21 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		var o struct {
 			Responses map[string]json.RawMessage `json:"responses"`
 			Security  *[]any                     `json:"security"`
+			Access    string                     `json:"x-access"`
 		}
 		if err := json.Unmarshal(op, &o); err != nil {
 			t.Errorf("%s: %v", key, err)
 			continue
 		}
-		if rt.Public != (o.Security != nil && len(*o.Security) == 0) {
-			t.Errorf("%s: public=%v but the document says otherwise", key, rt.Public)
+		public := rt.Access == Public
+		if public != (o.Security != nil && len(*o.Security) == 0) {
+			t.Errorf("%s: public=%v but the document says otherwise", key, public)
 		}
-		if _, ok := o.Responses["401"]; !rt.Public && !ok {
+		if _, ok := o.Responses["401"]; !public && !ok {
 			t.Errorf("%s: protected route documents no 401", key)
+		}
+		if o.Access != rt.Access.String() {
+			t.Errorf("%s: x-access is %q, the route table says %q", key, o.Access, rt.Access)
 		}
 	}
 	var documented []string

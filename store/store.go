@@ -40,6 +40,8 @@ type Store interface {
 	Profiles
 	Retention
 	OTA
+	Accounts
+	Ownership
 	// Close flushes pending writes and releases the store.
 	Close() error
 }
@@ -81,6 +83,7 @@ type ListOptions struct {
 	Online   *bool
 	Profile  string
 	Firmware string // the fw_version client attribute
+	Owner    int64  // the devices this user owns now (store.Ownership)
 }
 
 // DeviceSort is the order of a device listing. Every order is made total by

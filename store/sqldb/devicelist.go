@@ -69,6 +69,9 @@ func (b *builder) filters(o store.ListOptions) {
 	if o.Online != nil {
 		b.where = append(b.where, "online = "+b.arg(*o.Online))
 	}
+	if o.Owner != 0 {
+		b.where = append(b.where, "id IN (SELECT device_id FROM ownership_epochs WHERE until = 0 AND user_id = "+b.arg(o.Owner)+")")
+	}
 	if o.Profile != "" {
 		b.where = append(b.where, "profile = "+b.arg(o.Profile))
 	}

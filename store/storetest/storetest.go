@@ -52,6 +52,8 @@ func Run(t *testing.T, open Opener) {
 	t.Run("DeviceStates", func(t *testing.T) { testDeviceStates(t, open(t)) })
 	t.Run("Profiles", func(t *testing.T) { testProfiles(t, open(t)) })
 	t.Run("Retention", func(t *testing.T) { testRetention(t, open(t)) })
+	t.Run("Accounts", func(t *testing.T) { testAccounts(t, open(t)) })
+	t.Run("Ownership", func(t *testing.T) { testOwnership(t, open(t)) })
 	t.Run("Close", func(t *testing.T) { testClose(t, open(t)) })
 }
 
