@@ -72,7 +72,7 @@ type Server struct {
 	met    *apiMetrics
 	// Failed logins per account and per source address.
 	loginsUser, loginsAddr *account.Limiter
-	crl    crlCache
+	crl                    crlCache
 }
 
 // route is one entry of the API's route table; openapi.json documents each
