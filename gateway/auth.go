@@ -31,6 +31,7 @@ const (
 	ReasonCNMismatch    = "cn-mismatch"
 	ReasonUnknownDevice = "unknown-device"
 	ReasonStoreError    = "store-error"
+	ReasonBadCN         = "bad-cn" // see pki.DeviceCN
 )
 
 // refusal is an identity refusal. Returned from VerifyConnection it aborts
@@ -67,7 +68,9 @@ func (s *Server) newRefusal(reason string, leaf *x509.Certificate, err error) *r
 		r.cn = leaf.Subject.CommonName
 		r.serial = pki.SerialHex(leaf)
 		r.issuer = leaf.Issuer.String()
-		r.device, _ = s.profile.deviceName(r.cn)
+		if cn, err := pki.DeviceCN(leaf); err == nil {
+			r.device, _ = s.profile.deviceName(cn)
+		}
 	}
 	return r
 }
@@ -247,9 +250,15 @@ func (s *Server) authorize(ctx context.Context, leaf *x509.Certificate, addr str
 	if s.isRevoked(serial) {
 		return identity{}, s.newRefusal(ReasonRevoked, leaf, nil)
 	}
-	name, ok := s.profile.deviceName(leaf.Subject.CommonName)
+	// The name's hygiene before the profile's expression: "(.*)" would
+	// take a CN with a newline or two CNs as readily as a good one.
+	cn, err := pki.DeviceCN(leaf)
+	if err != nil {
+		return identity{}, s.newRefusal(ReasonBadCN, leaf, err)
+	}
+	name, ok := s.profile.deviceName(cn)
 	if !ok {
-		return identity{}, s.newRefusal(ReasonCNMismatch, leaf, fmt.Errorf("cn %q does not match %q", leaf.Subject.CommonName, s.profile.CNRegex))
+		return identity{}, s.newRefusal(ReasonCNMismatch, leaf, fmt.Errorf("cn %q does not match %q", cn, s.profile.CNRegex))
 	}
 	fp := pki.Fingerprint(leaf.Raw)
 	s.mu.Lock()
