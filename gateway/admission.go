@@ -35,6 +35,7 @@ const (
 	DefaultHandshakeRatePerAddr = 300
 	DefaultIdleLimit            = 10 * time.Minute
 	DefaultTakeoversPerMinute   = 6
+	DefaultMaxTimestampAhead    = 24 * time.Hour
 )
 
 // Reasons a connection is cut by admission, counted in
@@ -77,6 +78,9 @@ func (s *Server) admissionDefaults() {
 	}
 	if c.IdleLimit <= 0 {
 		c.IdleLimit = DefaultIdleLimit
+	}
+	if c.MaxTimestampAhead <= 0 {
+		c.MaxTimestampAhead = DefaultMaxTimestampAhead
 	}
 	if c.TakeoversPerMinute <= 0 {
 		c.TakeoversPerMinute = DefaultTakeoversPerMinute

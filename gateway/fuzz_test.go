@@ -119,11 +119,11 @@ func FuzzReadPacket(f *testing.F) {
 }
 
 func TestParseTelemetryTyping(t *testing.T) {
-	recs, err := ParseTelemetry([]byte(` { "i" : 42 , "d":42.0, "big":12345678901234567890, "s":"42", "b":false, "o":{ "x" : [ 1 , "y" ] }, "n":null } `), 5)
+	recs, err := ParseTelemetry([]byte(` { "i" : 42 , "d":42.0, "big":1234567890123456789, "s":"42", "b":false, "o":{ "x" : [ 1 , "y" ] }, "n":null } `), 5)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"i=42", "d=42.0", "big=12345678901234567890", `s="42"`, "b=false", `o={"x":[1,"y"]}`}
+	want := []string{"i=42", "d=42.0", "big=1234567890123456789", `s="42"`, "b=false", `o={"x":[1,"y"]}`}
 	if len(recs) != 1 || recs[0].TS != 5 || len(recs[0].Values) != len(want) {
 		t.Fatalf("records = %+v", recs)
 	}
@@ -133,7 +133,7 @@ func TestParseTelemetryTyping(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{``, `1`, `"s"`, `[1]`, `{"a":}`, `{"a":1,}`, `{"a":01}`, `{"a":1.}`, `{"":1}`, `{"a":[1,}`, `{"a":1} x`,
-		`{"ts":1.5,"values":{"a":1}}`, `{"ts":-1,"values":{"a":1}}`, `{"ts":1,"values":3}`, "{\"a\":\"\x01\"}"} {
+		`{"ts":1.5,"values":{"a":1}}`, `{"ts":-1,"values":{"a":1}}`, `{"a":12345678901234567890}`, `{"a":1e400}`, `{"ts":1,"values":3}`, "{\"a\":\"\x01\"}"} {
 		if _, err := ParseTelemetry([]byte(bad), 0); err == nil {
 			t.Errorf("accepted %q", bad)
 		}

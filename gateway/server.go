@@ -48,6 +48,13 @@ type Config struct {
 	// IdleLimit closes a session that sends nothing for this long when it
 	// asked for no keep-alive (or a longer one); 0 means 10 min.
 	IdleLimit time.Duration
+	// Telemetry timestamps must lie within [now-MaxTimestampAge,
+	// now+MaxTimestampAhead] of the server's clock, or the message is
+	// refused (a reading stamped in the future would be "latest" for ever).
+	// MaxTimestampAhead 0 means 24 h; MaxTimestampAge 0 means no bound
+	// (devices upload what they buffered while offline).
+	MaxTimestampAhead time.Duration
+	MaxTimestampAge   time.Duration
 	// TakeoversPerMinute: a device identity taken over more often than this
 	// in a minute has further takeovers refused; 0 means 6.
 	TakeoversPerMinute int

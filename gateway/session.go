@@ -60,6 +60,7 @@ const (
 	badTopic    = "topic"
 	badTooLarge = "too-large"
 	badProtocol = "protocol"
+	badTime     = "timestamp"
 )
 
 // work is one received PUBLISH moving through the session's ordered
@@ -937,6 +938,9 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 		recs, err := parseTelemetry(pk.Payload, now.UnixMilli(), ss.keys)
 		if err != nil {
 			return ss.reject(w, badPayload, codePayloadFormat, err.Error())
+		}
+		if msg := s.timestampsOutside(recs, now); msg != "" {
+			return ss.reject(w, badTime, codePayloadFormat, msg)
 		}
 		for i := range recs {
 			recs[i].DeviceID = ss.dev.ID

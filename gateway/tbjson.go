@@ -228,6 +228,9 @@ func (p *parser) kvs(fields []field) ([]store.KV, error) {
 			if err := json.Compact(&buf, raw); err != nil {
 				return nil, fmt.Errorf("invalid payload: value of %q: %w", f.key, err)
 			}
+			if err := nestedNumbersInRange(buf.Bytes()); err != nil {
+				return nil, fmt.Errorf("invalid payload: value of %q: %w", f.key, err)
+			}
 			p.arena = append(p.arena, buf.Bytes()...)
 		} else {
 			p.arena = append(p.arena, raw...)
@@ -407,6 +410,17 @@ func (p *parser) digits() int {
 
 // number checks the JSON number grammar.
 func (p *parser) number() error {
+	start := p.i
+	if err := p.numberGrammar(); err != nil {
+		return err
+	}
+	if err := numberInRange(p.b[start:p.i]); err != nil {
+		return p.errf("%v", err)
+	}
+	return nil
+}
+
+func (p *parser) numberGrammar() error {
 	if p.peek() == '-' {
 		p.i++
 	}
