@@ -19,7 +19,7 @@ import (
 
 // numberInRange checks one JSON number's text (already grammatical).
 func numberInRange(s []byte) error {
-	if bytes.IndexAny(s, ".eE") < 0 {
+	if !bytes.ContainsAny(s, ".eE") {
 		// 18 digits always fit int64: only longer ones need parsing.
 		if len(s) <= 18 {
 			return nil
@@ -30,7 +30,7 @@ func numberInRange(s []byte) error {
 		return nil
 	}
 	// Without an exponent only a number of over 300 digits can overflow.
-	if len(s) < 300 && bytes.IndexAny(s, "eE") < 0 {
+	if len(s) < 300 && !bytes.ContainsAny(s, "eE") {
 		return nil
 	}
 	if f, err := strconv.ParseFloat(string(s), 64); err != nil && math.IsInf(f, 0) {
@@ -42,7 +42,7 @@ func numberInRange(s []byte) error {
 // nestedNumbersInRange applies numberInRange to every number inside a
 // nested object or array value.
 func nestedNumbersInRange(raw []byte) error {
-	if bytes.IndexAny(raw, "0123456789") < 0 {
+	if !bytes.ContainsAny(raw, "0123456789") {
 		return nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
