@@ -138,6 +138,11 @@ func New(cfg Config) *Server {
 		{Method: "GET", Pattern: "/api/v1/revocations", Access: Staff, h: s.listRevocations},
 		{Method: "POST", Pattern: "/api/v1/revocations", Access: Admin, h: s.revoke},
 		{Method: "POST", Pattern: "/api/v1/factory/units", Access: Admin, h: s.addUnits},
+		{Method: "GET", Pattern: "/api/v1/factory/units", Access: Staff, h: s.listUnits},
+		{Method: "GET", Pattern: "/api/v1/factory/units/{sn}", Access: Staff, h: s.getUnit},
+		{Method: "GET", Pattern: "/api/v1/factory/batches", Access: Staff, h: s.listBatches},
+		{Method: "GET", Pattern: "/api/v1/factory/stations", Access: Staff, h: s.stationReport},
+		{Method: "POST", Pattern: "/api/v1/factory/events", Access: Admin, h: s.addUnitEvents},
 	}
 	s.routes = append(s.routes, s.accountRoutes()...)
 	for _, rt := range s.routes {

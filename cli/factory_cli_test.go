@@ -85,7 +85,7 @@ func TestFactoryCommands(t *testing.T) {
 	}))
 	defer push.Close()
 	s = must("push", "--out", out, "--server", push.URL, "--token", "t")
-	if got.Load() != 1 || !strings.Contains(s, "pushed 3 of 3") {
+	if got.Load() != 2 || !strings.Contains(s, "pushed 3 of 3") || !strings.Contains(s, "station events") {
 		t.Errorf("push: %d requests, %q", got.Load(), s)
 	}
 	if _, err := runFactory(t, "units", "--out", t.TempDir()); err == nil {

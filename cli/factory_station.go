@@ -129,7 +129,7 @@ func factoryPushCmd() *cobra.Command {
 	var server, token, caFile string
 	c := &cobra.Command{
 		Use:   "push --server URL --token T",
-		Short: "Send the injected units to a thingline server, so the cloud knows which serials exist",
+		Short: "Send the injected units and their station events to a thingline server",
 		Args:  cobra.NoArgs,
 	}
 	open := factoryLedgerFlags(c)
@@ -157,6 +157,15 @@ func factoryPushCmd() *cobra.Command {
 		}
 		n, err := cl.Push(cmd.Context(), us)
 		fmt.Fprintf(cmd.OutOrStdout(), "pushed %d of %d units\n", n, len(us))
+		if err != nil {
+			return err
+		}
+		evs, err := l.Events(cmd.Context())
+		if err != nil || len(evs) == 0 {
+			return err
+		}
+		sent, added, err := cl.PushEvents(cmd.Context(), evs)
+		fmt.Fprintf(cmd.OutOrStdout(), "pushed %d station events, %d new to the server\n", sent, added)
 		return err
 	}
 	return c

@@ -41,13 +41,7 @@ func startNode(t *testing.T) *node.Node {
 // and runs them as device twins streaming telemetry every interval.
 func startTwins(t *testing.T, n *node.Node, count int, interval time.Duration) []factory.UnitResult {
 	t.Helper()
-	out := t.TempDir()
-	units, err := factory.Inject(context.Background(), factory.InjectOptions{
-		CADir: n.PKIDir(), Out: out, Count: count, Operator: "console-test", Batch: "B-CONSOLE",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	out, units := inject(t, n, count)
 	sim, err := twin.NewSim(twin.SimConfig{Units: out, Count: count, Broker: "mqtts://" + n.MQTTAddr(),
 		ServerName: "127.0.0.1", Interval: interval, Logf: func(string, ...any) {}})
 	if err != nil {
@@ -58,6 +52,19 @@ func startTwins(t *testing.T, n *node.Node, count int, interval time.Duration) [
 	go func() { sim.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return units
+}
+
+// inject makes count units with the node's PKI into a new directory.
+func inject(t *testing.T, n *node.Node, count int) (string, []factory.UnitResult) {
+	t.Helper()
+	out := t.TempDir()
+	units, err := factory.Inject(context.Background(), factory.InjectOptions{
+		CADir: n.PKIDir(), Out: out, Count: count, Operator: "console-test", Batch: "B-CONSOLE",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, units
 }
 
 // browser starts Debian's headless Chromium with a fresh profile.
@@ -270,4 +277,76 @@ func TestConsoleLiveDevice(t *testing.T) {
 		chromedp.Navigate(base+"/console/devices"),
 		chromedp.WaitVisible(chromedp.CSS(`#username`)),
 	)
+}
+
+// TestConsoleFactory pushes a real ledger to the node as `factory push`
+// does and reads it back in the factory views: station yield, the batch,
+// the unit list and a unit's traveller.
+func TestConsoleFactory(t *testing.T) {
+	ctx := browser(t)
+	n := startNode(t)
+	base := "http://" + n.HTTPAddr()
+	out, units := inject(t, n, 4)
+	l, err := factory.OpenLedger(filepath.Join(out, "ledger.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	bg := context.Background()
+	sn := units[1].SN
+	for _, r := range []factory.Result{factory.Fail, factory.Pass} {
+		if err := l.RecordStation(bg, sn, factory.StationTest, r, "eve", "retest"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.RecordStation(bg, units[2].SN, factory.StationTest, factory.Fail, "eve", "no telemetry"); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := factory.NewClient(base, adminToken, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	us, err := l.StoreUnits(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Push(bg, us); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := l.Events(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := cl.PushEvents(bg, evs); err != nil {
+		t.Fatal(err)
+	}
+
+	login(t, ctx, base)
+	var testRow string
+	run(t, ctx, "factory view",
+		chromedp.Navigate(base+"/console/factory"),
+		waitJS(`document.querySelectorAll("#units tr a").length === 4`),
+		waitJS(`document.querySelectorAll("#stations tr").length === 5`),
+		waitJS(`document.querySelectorAll("#yield-chart rect").length === 2`),
+		into(chromedp.Text(chromedp.CSS(`#stations tr:nth-child(4)`)), &testRow),
+	)
+	// Station 4: two units in, one out, 50 % yield, none at the first try.
+	if f := strings.Fields(testRow); len(f) < 8 || f[2] != "2" || f[3] != "1" || f[4] != "1" || f[5] != "50" || f[7] != "0" {
+		t.Errorf("test station row = %q", testRow)
+	}
+	screenshot(t, ctx, "factory")
+	var trav, href string
+	run(t, ctx, "the unit's link", attr(chromedp.CSS(`#units tr:nth-child(2) a`), "href", &href))
+	if href != "/console/factory/units/"+sn {
+		t.Fatalf("unit link = %q", href)
+	}
+	run(t, ctx, "a unit's traveller",
+		chromedp.Navigate(base+href),
+		waitJS(`document.querySelectorAll("#traveller li").length === 3`),
+		into(chromedp.Text(chromedp.CSS(`#traveller`)), &trav),
+	)
+	if !strings.Contains(trav, "3 injection") || strings.Count(trav, "4 test") != 2 || !strings.Contains(trav, "retest") {
+		t.Errorf("traveller of %s:\n%s", sn, trav)
+	}
+	screenshot(t, ctx, "unit")
 }

@@ -226,3 +226,38 @@ func (c *Client) Push(ctx context.Context, units []store.Unit) (int, error) {
 	}
 	return sent, nil
 }
+
+// PushEvents sends the ledger's station events to the server, PushChunk
+// per request, so that the console can show travellers and station yield.
+// The server skips events it already has. It returns how many were sent
+// and how many were new to the server.
+func (c *Client) PushEvents(ctx context.Context, evs []Event) (sent, added int, err error) {
+	for i := 0; i < len(evs); i += PushChunk {
+		part := evs[i:min(i+PushChunk, len(evs))]
+		body := struct {
+			Events []store.UnitEvent `json:"events"`
+		}{make([]store.UnitEvent, len(part))}
+		for j, e := range part {
+			body.Events[j] = store.UnitEvent{SN: e.SN, Board: e.Board, Station: int(e.Station), Result: string(e.Result),
+				Operator: e.Operator, Batch: e.Batch, Time: e.Time, Detail: e.Detail}
+		}
+		b, err := json.Marshal(body)
+		if err != nil {
+			return sent, added, fmt.Errorf("factory: push: %w", err)
+		}
+		code, resp, err := c.do(ctx, http.MethodPost, "/api/v1/factory/events", b)
+		if err != nil {
+			return sent, added, err
+		}
+		if code/100 != 2 {
+			return sent, added, fmt.Errorf("factory: push: station events: server answered %d: %s", code, strings.TrimSpace(string(resp)))
+		}
+		var out struct {
+			Added int `json:"added"`
+		}
+		json.Unmarshal(resp, &out)
+		sent += len(part)
+		added += out.Added
+	}
+	return sent, added, nil
+}

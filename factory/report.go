@@ -39,6 +39,10 @@ func (l *Ledger) Report(ctx context.Context) ([]StationStats, error) {
 	return report(evs), nil
 }
 
+// StationReport computes the report from events the caller holds (the
+// server's copy of a ledger's events, for instance).
+func StationReport(evs []Event) []StationStats { return report(evs) }
+
 func report(evs []Event) []StationStats {
 	out := make([]StationStats, 0, 5)
 	for st := StationAssembly; st <= StationLabel; st++ {

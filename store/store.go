@@ -351,6 +351,44 @@ type Unit struct {
 	TestPassed *bool     `json:"testPassed,omitempty"`
 }
 
+// UnitQuery selects units of the registry.
+type UnitQuery struct {
+	Batch  string // "" for every batch
+	Search string // case-insensitive substring of the SN
+	After  string // SNs strictly after this one
+	Limit  int    // 0 means the implementation's default (100)
+}
+
+// Batch is one production batch of the registry.
+type Batch struct {
+	Batch         string    `json:"batch"`
+	Units         int64     `json:"units"`
+	TestPassed    int64     `json:"testPassed"`
+	TestFailed    int64     `json:"testFailed"`
+	FirstProduced time.Time `json:"firstProduced"`
+	LastProduced  time.Time `json:"lastProduced"`
+}
+
+// UnitEvent is one station event of a unit's traveller, as the factory's
+// ledger recorded it.
+type UnitEvent struct {
+	SN       string    `json:"sn,omitempty"`
+	Board    string    `json:"board,omitempty"` // bare board id, for events before the unit had an SN
+	Station  int       `json:"station"`         // 1 assembly … 5 label
+	Result   string    `json:"result"`          // pass or fail
+	Operator string    `json:"operator,omitempty"`
+	Batch    string    `json:"batch,omitempty"`
+	Time     time.Time `json:"time"`
+	Detail   string    `json:"detail,omitempty"`
+}
+
+// UnitEventQuery selects station events.
+type UnitEventQuery struct {
+	SN    string // one unit's traveller
+	Batch string // one batch
+	Limit int    // 0 means every matching event
+}
+
 // Units is the registry of produced serial numbers.
 type Units interface {
 	// AddUnits inserts or updates units by SN.
@@ -358,4 +396,19 @@ type Units interface {
 	GetUnit(ctx context.Context, sn string) (Unit, error)
 	// CountUnits tells whether the registry is in use at all.
 	CountUnits(ctx context.Context) (int64, error)
+	// ListUnits pages through the registry by SN.
+	ListUnits(ctx context.Context, q UnitQuery) ([]Unit, error)
+	// UnitBatches summarizes the registry per batch, newest batch first.
+	UnitBatches(ctx context.Context) ([]Batch, error)
+	// UnitDevice is the name of the device that presented the unit's
+	// certificate, ErrNotFound when none has yet.
+	UnitDevice(ctx context.Context, sn string) (string, error)
+	// AddUnitEvents records station events of the factory's ledger; an
+	// event already recorded (same unit, station, time and result) is
+	// skipped, so a ledger may be pushed again. It returns how many were new.
+	AddUnitEvents(ctx context.Context, evs []UnitEvent) (int, error)
+	// UnitEvents returns station events, oldest first: one unit's
+	// traveller (SN, with the events of its board before it had one), or
+	// a batch's, or all.
+	UnitEvents(ctx context.Context, q UnitEventQuery) ([]UnitEvent, error)
 }

@@ -40,6 +40,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Events", func(t *testing.T) { testEvents(t, open(t)) })
 	t.Run("Revocations", func(t *testing.T) { testRevocations(t, open(t)) })
 	t.Run("Units", func(t *testing.T) { testUnits(t, open(t)) })
+	t.Run("FactoryViews", func(t *testing.T) { testFactoryViews(t, open(t)) })
 	t.Run("Certificates", func(t *testing.T) { testCertificates(t, open(t)) })
 	t.Run("TelemetryValues", func(t *testing.T) { testTelemetryValues(t, open(t)) })
 	t.Run("TelemetryModel", func(t *testing.T) { testTelemetryModel(t, open(t)) })

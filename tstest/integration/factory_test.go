@@ -84,6 +84,35 @@ func TestFactoryLineAgainstServer(t *testing.T) {
 	if code := s.api("GET", "/api/v1/devices/SN-000001", "", &dev); code != 200 || dev.Produced == nil || !*dev.Produced {
 		t.Errorf("after push: %d %+v, want produced=true", code, dev)
 	}
+	// The push carried the ledger's station events: the server shows the
+	// unit's traveller, its device, and yield per station; a second push
+	// adds nothing.
+	var u struct {
+		SN        string `json:"sn"`
+		Device    string `json:"device"`
+		Traveller []struct {
+			Station int    `json:"station"`
+			Result  string `json:"result"`
+		} `json:"traveller"`
+	}
+	if code := s.api("GET", "/api/v1/factory/units/SN-000001", "", &u); code != 200 || u.Device != "SN-000001" || len(u.Traveller) != 2 ||
+		u.Traveller[0].Station != 3 || u.Traveller[1].Station != 4 || u.Traveller[1].Result != "pass" {
+		t.Errorf("unit on the server: %d %+v; want its device and injection, test passed", code, u)
+	}
+	var rep struct {
+		Stations []struct {
+			Name    string  `json:"name"`
+			UnitsIn int     `json:"unitsIn"`
+			Yield   float64 `json:"yield"`
+		} `json:"stations"`
+	}
+	if code := s.api("GET", "/api/v1/factory/stations", "", &rep); code != 200 || len(rep.Stations) != 5 ||
+		rep.Stations[2].Name != "injection" || rep.Stations[2].UnitsIn != 2 || rep.Stations[3].UnitsIn != 1 || rep.Stations[3].Yield != 100 {
+		t.Errorf("station report: %d %+v", code, rep)
+	}
+	if o, err := thingline(t, "factory", "push", "--server", "http://"+s.httpAddr, "--token", testToken, "--ledger", filepath.Join(out, "ledger.db")); err != nil || !strings.Contains(o, "0 new") {
+		t.Errorf("second push: %v\n%s", err, o)
+	}
 
 	// A certificate from the same CA for a serial the factory never made.
 	rogue := filepath.Join(t.TempDir(), "rogue")

@@ -1,0 +1,184 @@
+package sqldb
+
+// The factory's side of the registry, for people: units by batch, batch
+// summaries, and the station events of the factory's ledger (pushed with
+// the units), from which the console shows travellers and per-station
+// yield. The units table itself stays in each backend (the gateway's
+// produced-unit check reads it); these reads are the same in both.
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/thingline/thingline/store"
+)
+
+func init() {
+	// The unique index makes a second push of the same ledger a no-op.
+	Register(Migration{Name: "factory/001", SQL: `
+CREATE TABLE unit_events (
+	id {{id}},
+	sn TEXT NOT NULL,
+	board TEXT NOT NULL,
+	station INTEGER NOT NULL,
+	result TEXT NOT NULL,
+	operator TEXT NOT NULL,
+	batch TEXT NOT NULL,
+	time_ns BIGINT NOT NULL,
+	detail TEXT NOT NULL
+);
+CREATE UNIQUE INDEX unit_events_key ON unit_events(sn, board, station, time_ns, result);
+CREATE INDEX unit_events_batch ON unit_events(batch, id)`})
+}
+
+const unitCols = "sn, serial, sha256, not_after, batch, produced_at, test_passed"
+
+func scanUnit(r rowScanner) (store.Unit, error) {
+	var u store.Unit
+	var na, pa int64
+	var tp sql.NullBool
+	err := r.Scan(&u.SN, &u.Serial, &u.SHA256, &na, &u.Batch, &pa, &tp)
+	u.NotAfter, u.ProducedAt = nsTime(na), nsTime(pa)
+	if tp.Valid {
+		u.TestPassed = &tp.Bool
+	}
+	return u, err
+}
+
+// ListUnits pages through the registry by SN.
+func (t *Tables) ListUnits(ctx context.Context, q store.UnitQuery) ([]store.Unit, error) {
+	b := &builder{d: t.db.dialect}
+	snCol := "sn"
+	if t.db.dialect == Postgres {
+		snCol = `sn COLLATE "C"` // byte order, as the SQLite backend's
+	}
+	b.where = append(b.where, snCol+" > "+b.arg(q.After))
+	if q.Batch != "" {
+		b.where = append(b.where, "batch = "+b.arg(q.Batch))
+	}
+	if q.Search != "" {
+		b.where = append(b.where, "sn "+likeOp(b.d)+" "+b.arg("%"+likeEscape(q.Search)+"%")+` ESCAPE '\'`)
+	}
+	limit := q.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	query := "SELECT " + unitCols + " FROM units" + b.whereSQL() + " ORDER BY " + snCol + " LIMIT " + b.arg(limit)
+	rows, err := t.db.read.QueryContext(ctx, rebind(b.d, query), b.args...)
+	if err != nil {
+		return nil, fmt.Errorf("sqldb: listing units: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Unit
+	for rows.Next() {
+		u, err := scanUnit(rows)
+		if err != nil {
+			return nil, fmt.Errorf("sqldb: listing units: %w", err)
+		}
+		out = append(out, u)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqldb: listing units: %w", err)
+	}
+	return out, nil
+}
+
+// UnitBatches summarizes the registry per batch, newest first.
+func (t *Tables) UnitBatches(ctx context.Context) ([]store.Batch, error) {
+	rows, err := t.db.Query(ctx, `SELECT batch, count(*),
+		sum(CASE WHEN test_passed THEN 1 ELSE 0 END), sum(CASE WHEN NOT test_passed THEN 1 ELSE 0 END),
+		min(produced_at), max(produced_at)
+		FROM units GROUP BY batch ORDER BY max(produced_at) DESC, batch`)
+	if err != nil {
+		return nil, fmt.Errorf("sqldb: summarizing batches: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Batch
+	for rows.Next() {
+		var b store.Batch
+		var first, last int64
+		if err := rows.Scan(&b.Batch, &b.Units, &b.TestPassed, &b.TestFailed, &first, &last); err != nil {
+			return nil, fmt.Errorf("sqldb: summarizing batches: %w", err)
+		}
+		b.FirstProduced, b.LastProduced = nsTime(first), nsTime(last)
+		out = append(out, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqldb: summarizing batches: %w", err)
+	}
+	return out, nil
+}
+
+// UnitDevice names the device that presented the unit's certificate.
+func (t *Tables) UnitDevice(ctx context.Context, sn string) (string, error) {
+	var name string
+	err := t.db.QueryRow(ctx, `SELECT d.name FROM units u JOIN credentials c ON c.serial = u.serial
+		JOIN devices d ON d.id = c.device WHERE u.sn = ? ORDER BY c.last_seen DESC LIMIT 1`, sn).Scan(&name)
+	if err != nil {
+		return "", NotFound(err, "sqldb: device of unit "+sn)
+	}
+	return name, nil
+}
+
+// AddUnitEvents records station events, skipping those already recorded.
+func (t *Tables) AddUnitEvents(ctx context.Context, evs []store.UnitEvent) (int, error) {
+	added := 0
+	err := t.db.Write(ctx, func(ctx context.Context, tx *Tx) error {
+		added = 0
+		for _, e := range evs {
+			res, err := tx.Exec(ctx, `INSERT INTO unit_events(sn, board, station, result, operator, batch, time_ns, detail)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+				e.SN, e.Board, e.Station, e.Result, e.Operator, e.Batch, e.Time.UnixNano(), e.Detail)
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n > 0 {
+				added++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("sqldb: adding unit events: %w", err)
+	}
+	return added, nil
+}
+
+// UnitEvents returns station events, oldest first. A unit's traveller
+// includes the events of the board it was assembled on, recorded before
+// the unit had its SN.
+func (t *Tables) UnitEvents(ctx context.Context, q store.UnitEventQuery) ([]store.UnitEvent, error) {
+	b := &builder{d: t.db.dialect}
+	if q.SN != "" {
+		sn := b.arg(q.SN)
+		b.where = append(b.where, "(sn = "+sn+" OR (sn = '' AND board <> '' AND board IN (SELECT board FROM unit_events WHERE sn = "+b.arg(q.SN)+" AND board <> '')))")
+	}
+	if q.Batch != "" {
+		b.where = append(b.where, "batch = "+b.arg(q.Batch))
+	}
+	query := "SELECT sn, board, station, result, operator, batch, time_ns, detail FROM unit_events" + b.whereSQL() + " ORDER BY time_ns, id"
+	if q.Limit > 0 {
+		query += " LIMIT " + b.arg(q.Limit)
+	}
+	rows, err := t.db.read.QueryContext(ctx, rebind(b.d, query), b.args...)
+	if err != nil {
+		return nil, fmt.Errorf("sqldb: listing unit events: %w", err)
+	}
+	defer rows.Close()
+	var out []store.UnitEvent
+	for rows.Next() {
+		var e store.UnitEvent
+		var at int64
+		if err := rows.Scan(&e.SN, &e.Board, &e.Station, &e.Result, &e.Operator, &e.Batch, &at, &e.Detail); err != nil {
+			return nil, fmt.Errorf("sqldb: listing unit events: %w", err)
+		}
+		e.Time = time.Unix(0, at).UTC()
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqldb: listing unit events: %w", err)
+	}
+	return out, nil
+}
