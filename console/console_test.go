@@ -122,14 +122,13 @@ func TestSignInAndProxy(t *testing.T) {
 		t.Errorf("login page = %d %s", resp.StatusCode, body)
 	}
 
-	// A wrong token makes no session; no accounts yet means password
-	// sign-in says so.
+	// A wrong token or password makes no session.
 	if resp := c.login("wrong"); resp.StatusCode != http.StatusUnauthorized || len(resp.Cookies()) != 0 {
 		t.Errorf("wrong token: %d, cookies %v", resp.StatusCode, resp.Cookies())
 	}
 	b, hdr := form(url.Values{"username": {"ann"}, "password": {"pw"}})
-	if resp, body := c.do("POST", "/console/login", b, hdr); resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "API token") {
-		t.Errorf("password sign-in without accounts: %d %s", resp.StatusCode, body)
+	if resp, body := c.do("POST", "/console/login", b, hdr); resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, `role="alert"`) || len(resp.Cookies()) != 0 {
+		t.Errorf("password sign-in of an unknown user: %d %s", resp.StatusCode, body)
 	}
 	// A sign-in posted from another site is refused before anything.
 	b, hdr = form(url.Values{"token": {adminToken}})
