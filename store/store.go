@@ -42,6 +42,7 @@ type Store interface {
 	OTA
 	Accounts
 	Ownership
+	RPCs
 	// Close flushes pending writes and releases the store.
 	Close() error
 }

@@ -55,6 +55,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Retention", func(t *testing.T) { testRetention(t, open(t)) })
 	t.Run("Accounts", func(t *testing.T) { testAccounts(t, open(t)) })
 	t.Run("Ownership", func(t *testing.T) { testOwnership(t, open(t)) })
+	t.Run("RPC", func(t *testing.T) { testRPC(t, open(t)) })
 	t.Run("Close", func(t *testing.T) { testClose(t, open(t)) })
 }
 
