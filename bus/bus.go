@@ -27,6 +27,14 @@ const (
 	CommandRPC        = "rpc"        // Payload: {"method":..,"params":..}; Reply: the device's JSON answer
 	CommandAttributes = "attributes" // Payload: shared attribute update {"k":v} or {"deleted":[..]}; Reply: null once sent
 	CommandDisconnect = "disconnect" // Payload: {"reason":".."}; Reply: null once closed
+	// CommandRPCSend publishes one attempt of a persistent RPC. Payload:
+	// {"id":n,"method":..,"params":..}, n becoming the MQTT request id.
+	// Reply once the device acknowledged it (PUBACK at QoS 1, written at
+	// QoS 0): {"delivered":true}; {"delivered":false,"reason":..} when the
+	// session cannot take it (not subscribed to RPC requests); ErrTimeout
+	// when no acknowledgement came in time. The device's answer comes
+	// later, on any node, through the gateway's RPC hooks.
+	CommandRPCSend = "rpc-send"
 )
 
 // Command is addressed to one device.

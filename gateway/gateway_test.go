@@ -199,7 +199,15 @@ func TestAttributesAndRPCV3(t *testing.T) {
 		t.Errorf("getCurrentTime = %s", m.payload)
 	}
 	c.pub(t, "v1/devices/me/rpc/request/8", `{"method":"getSessionLimits","params":{}}`)
-	if m = c.rx.wait(t, "v1/devices/me/rpc/response/8"); !strings.Contains(m.payload, `"maxPayloadSize":65536`) {
+	m = c.rx.wait(t, "v1/devices/me/rpc/response/8")
+	var lim struct {
+		MaxPayloadSize      int
+		MaxInflightMessages int
+		RateLimits          map[string]any
+	}
+	// ThingsBoard's SDKs need the rateLimits key; null means no limit.
+	if json.Unmarshal([]byte(m.payload), &lim) != nil || lim.MaxPayloadSize != 65536 || lim.MaxInflightMessages != maxPending ||
+		len(lim.RateLimits) != 3 || lim.RateLimits["messages"] != nil || !strings.Contains(m.payload, `"telemetryDataPoints":null`) {
 		t.Errorf("getSessionLimits = %s", m.payload)
 	}
 	c.pub(t, "v1/devices/me/rpc/request/9", `{"method":"reboot","params":{}}`)

@@ -32,6 +32,8 @@ func (ss *session) handleCommand(ctx context.Context, cmd bus.Command) (json.Raw
 	switch cmd.Kind {
 	case bus.CommandRPC:
 		return ss.serverRPC(ctx, cmd)
+	case bus.CommandRPCSend:
+		return ss.sendPersistentRPC(ctx, cmd)
 	case bus.CommandAttributes:
 		return ss.pushAttributes(cmd.Payload)
 	case bus.CommandDisconnect:
@@ -102,6 +104,10 @@ func (ss *session) serverRPC(ctx context.Context, cmd bus.Command) (json.RawMess
 	}
 	ss.rpcNext++
 	id := strconv.FormatUint(ss.rpcNext, 10)
+	for ss.rpcBusy(id) { // a persistent call has this id in flight
+		ss.rpcNext++
+		id = strconv.FormatUint(ss.rpcNext, 10)
+	}
 	ss.rpcWait[id] = ch
 	ss.mu.Unlock()
 	defer func() {
@@ -126,26 +132,30 @@ func (ss *session) serverRPC(ctx context.Context, cmd bus.Command) (json.RawMess
 	}
 }
 
-// deliverRPC hands a device's RPC answer to the waiting caller. The
-// payload is copied (it aliases the read buffer); an answer that is not
-// JSON is passed on as a JSON string.
-func (ss *session) deliverRPC(id string, payload []byte) {
+// deliverRPC hands a device's RPC answer to the caller waiting on this
+// session and tells whether there was one.
+func (ss *session) deliverRPC(id string, payload []byte) bool {
 	ss.mu.Lock()
 	ch := ss.rpcWait[id]
 	ss.mu.Unlock()
 	if ch == nil {
-		return // late or unknown answer
-	}
-	var r json.RawMessage
-	if json.Valid(payload) {
-		r = append(json.RawMessage(nil), payload...)
-	} else {
-		r, _ = json.Marshal(string(payload))
+		return false // a persistent call's, late, or unknown
 	}
 	select {
-	case ch <- r:
+	case ch <- rpcAnswer(payload):
 	default:
 	}
+	return true
+}
+
+// rpcAnswer copies a device's answer (it aliases the read buffer); an
+// answer that is not JSON is passed on as a JSON string.
+func rpcAnswer(payload []byte) json.RawMessage {
+	if json.Valid(payload) {
+		return append(json.RawMessage(nil), payload...)
+	}
+	r, _ := json.Marshal(string(payload))
+	return r
 }
 
 // answerClientRPC answers a device's own RPC request. Only the built-in
@@ -156,9 +166,13 @@ func (ss *session) answerClientRPC(topic string, req rpcRequest) {
 	case "getCurrentTime":
 		answer = map[string]int64{"currentTime": ss.srv.now().UnixMilli()}
 	case "getSessionLimits":
+		// ThingsBoard's SessionLimits. No per-device message rate is
+		// enforced, so each rate limit is null, which ThingsBoard's SDKs
+		// read as "no limit" (they need the rateLimits key itself).
 		answer = map[string]any{
 			"maxPayloadSize":      ss.srv.profile.MaxPayload,
 			"maxInflightMessages": maxPending,
+			"rateLimits":          map[string]any{"messages": nil, "telemetryMessages": nil, "telemetryDataPoints": nil},
 		}
 	default:
 		answer = map[string]string{"error": "unsupported method: " + req.Method}

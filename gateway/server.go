@@ -78,6 +78,9 @@ type Config struct {
 	// RevocationReload is how often the revocations are read again from
 	// the store, in case a notice was lost; 0 means DefaultRevocationReload.
 	RevocationReload time.Duration
+	// RPC connects sessions to persistent RPC; nil: answers to persistent
+	// calls are dropped.
+	RPC RPCHooks
 }
 
 // Server is the device gateway. Create it with New, then call Serve.

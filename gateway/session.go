@@ -117,6 +117,8 @@ type session struct {
 	subs      [numSubKinds]subState
 	rpcWait   map[string]chan json.RawMessage
 	rpcNext   uint64
+	rpcSent   map[string]struct{}      // persistent RPC ids published, not yet answered
+	ackWait   map[uint16]chan struct{} // outbound QoS 1 packet ids whose PUBACK someone awaits
 	takenOver bool
 	// serverClosed: ended on purpose by the server (shutdown, deletion,
 	// revocation, operator): the will is not published.
@@ -829,7 +831,9 @@ func (ss *session) handle(pk *packets.Packet) (cont, normal bool) {
 	case packets.Publish:
 		return ss.handlePublish(pk), false
 	case packets.Puback, packets.Pubrec, packets.Pubcomp:
-		// Outbound messages are not retransmitted, so acks need no state.
+		// Outbound messages are not retransmitted, so acks need no state
+		// beyond telling a persistent RPC that it was delivered.
+		ss.outboundAcked(pk.FixedHeader.Type, pk.PacketID)
 		return true, false
 	case packets.Pubrel:
 		ss.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: pk.PacketID})
@@ -873,6 +877,7 @@ func (ss *session) handleSubscribe(pk *packets.Packet) {
 	}
 	ss.mu.Unlock()
 	ss.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, PacketID: pk.PacketID, ReasonCodes: codes})
+	ss.subscribed(pk.Filters)
 }
 
 func (ss *session) handleUnsubscribe(pk *packets.Packet) {
@@ -965,7 +970,9 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 		w.fn = func(ctx context.Context) { ss.answerAttrRequest(ctx, topic, req) }
 		s.met.byKind["attribute-request"].Inc()
 	case pubRPCResponse:
-		ss.deliverRPC(id, pk.Payload)
+		if !ss.deliverRPC(id, pk.Payload) {
+			w.fn = ss.persistentRPCResponse(id, pk.Payload)
+		}
 		s.met.byKind["rpc-response"].Inc()
 	case pubRPCRequest:
 		req, err := parseRPC(pk.Payload)

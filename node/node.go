@@ -34,6 +34,7 @@ import (
 	"github.com/thingline/thingline/console"
 	"github.com/thingline/thingline/gateway"
 	"github.com/thingline/thingline/pki"
+	"github.com/thingline/thingline/rpc"
 	"github.com/thingline/thingline/store"
 	"github.com/thingline/thingline/store/postgres"
 	"github.com/thingline/thingline/store/sqlite"
@@ -78,6 +79,7 @@ type Node struct {
 	store   store.Store
 	bus     bus.Bus
 	gw      *gateway.Server
+	rpc     *rpc.Dispatcher
 	mqttLn  net.Listener
 	httpLn  net.Listener
 	httpSrv *http.Server
@@ -203,7 +205,12 @@ func (n *Node) start(ctx context.Context) (err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	n.rpc, err = rpc.New(rpc.Config{Store: n.store, Bus: n.bus, Node: cfg.NodeID, Logger: cfg.Logger})
+	if err != nil {
+		return startErr("starting persistent RPC", err, "")
+	}
 	gwCfg := cfg.Gateway
+	gwCfg.RPC = n.rpc
 	gwCfg.TLSCertificate, gwCfg.DeviceCAs = tlsCert, deviceCAs
 	gwCfg.Profile, gwCfg.Store, gwCfg.Bus = cfg.Profile, n.store, n.bus
 	gwCfg.Node, gwCfg.Logger, gwCfg.Registerer = cfg.NodeID, cfg.Logger, reg
@@ -217,6 +224,9 @@ func (n *Node) start(ctx context.Context) (err error) {
 	n.gw, err = gateway.New(gwCfg)
 	if err != nil {
 		return startErr("starting the device gateway", err, "check the store and bus named in the error")
+	}
+	if err := n.rpc.Start(n.gw.RPCReady); err != nil {
+		return startErr("starting persistent RPC", err, "check the bus named in the error")
 	}
 	apiSrv := api.New(api.Config{
 		Store:          n.store,
@@ -432,6 +442,9 @@ func (n *Node) Close() error {
 		cancel()
 	} else if n.httpLn != nil {
 		n.httpLn.Close()
+	}
+	if n.rpc != nil {
+		n.rpc.Close()
 	}
 	if n.gw != nil {
 		errs = append(errs, n.gw.Close())
