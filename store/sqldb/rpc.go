@@ -140,19 +140,11 @@ func (t *Tables) ListRPCs(ctx context.Context, q store.RPCQuery) ([]store.RPC, e
 	}
 	query += fmt.Sprintf(" ORDER BY id DESC LIMIT %d", limit)
 	rows, err := t.db.Query(ctx, query, args...)
+	out, err := collect(rows, err, scanRPC)
 	if err != nil {
 		return nil, fmt.Errorf("sqldb: listing rpc: %w", err)
 	}
-	defer rows.Close()
-	var out []store.RPC
-	for rows.Next() {
-		r, err := scanRPC(rows)
-		if err != nil {
-			return nil, fmt.Errorf("sqldb: listing rpc: %w", err)
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // DeleteRPC implements store.RPCs.
@@ -241,22 +233,11 @@ func (t *Tables) PendingRPCDevices(ctx context.Context) ([]int64, error) {
 func (t *Tables) ExpireRPCs(ctx context.Context, now time.Time) ([]store.RPC, error) {
 	var out []store.RPC
 	err := t.db.Write(ctx, func(ctx context.Context, tx *Tx) error {
-		out = out[:0]
 		rows, err := tx.Query(ctx, "UPDATE rpc_calls SET status=?, updated_at=?, error=? WHERE status IN ("+notFinal+
 			") AND expires_at<=? RETURNING "+rpcColumns,
 			string(store.RPCExpired), now.UnixNano(), "expired before completion", now.UnixNano())
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			r, err := scanRPC(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, r)
-		}
-		return rows.Err()
+		out, err = collect(rows, err, scanRPC)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sqldb: expiring rpc: %w", err)

@@ -172,6 +172,24 @@ func (t *Tx) Insert(ctx context.Context, q string, args ...any) (int64, error) {
 	return id, err
 }
 
+// collect scans every row of a query (whose error is err) with scan and
+// closes the rows.
+func collect[T any](rows *sql.Rows, err error, scan func(rowScanner) (T, error)) ([]T, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 // NotFound maps sql.ErrNoRows to store.ErrNotFound, wrapped with what.
 func NotFound(err error, what string) error {
 	if errors.Is(err, sql.ErrNoRows) {
