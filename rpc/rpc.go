@@ -45,6 +45,11 @@ type Dispatcher struct {
 	stop   func()
 	ready  func(device string) bool // set by Start
 
+	// callMu orders, per call, a change of status and its notice, so that
+	// the notices of one node leave in the order of the changes. Taken
+	// before mu; held while calling the store and the bus.
+	callMu [64]sync.Mutex
+
 	// mu guards the fields below; a leaf lock, never held while calling
 	// the store or the bus.
 	mu      sync.Mutex
@@ -127,7 +132,7 @@ func (d *Dispatcher) RPCSubscribed(device string) { d.kick(device) }
 // of its calls still waiting for one completes it, whichever attempt it
 // answers and whichever node sent it.
 func (d *Dispatcher) RPCResponse(ctx context.Context, deviceID int64, device string, id int64, answer json.RawMessage) {
-	r, ok, err := d.cfg.Store.TransitionRPC(ctx, store.RPCTransition{ID: id, DeviceID: deviceID, Attempts: -1,
+	_, ok, err := d.transition(ctx, store.RPCTransition{ID: id, DeviceID: deviceID, Attempts: -1,
 		From: []store.RPCStatus{store.RPCSent, store.RPCDelivered, store.RPCTimeout}, To: store.RPCSuccessful, Response: answer})
 	if err != nil {
 		d.cfg.Logger.Warn("rpc: storing an answer", "device", device, "id", id, "err", err)
@@ -137,7 +142,6 @@ func (d *Dispatcher) RPCResponse(ctx context.Context, deviceID int64, device str
 		return // unknown, another device's, already complete or expired
 	}
 	d.stopTimer(id)
-	d.notify(r)
 	d.kick(device) // the next call may wait for this one
 }
 
@@ -230,7 +234,7 @@ func (d *Dispatcher) pass(device string) {
 // attempt sends one attempt of r and tells whether the next call may be
 // sent.
 func (d *Dispatcher) attempt(ctx context.Context, r store.RPC) bool {
-	sent, ok, err := d.cfg.Store.TransitionRPC(ctx, store.RPCTransition{ID: r.ID, From: []store.RPCStatus{r.Status},
+	sent, ok, err := d.transition(ctx, store.RPCTransition{ID: r.ID, From: []store.RPCStatus{r.Status},
 		Attempts: r.Attempts, To: store.RPCSent, NewAttempt: true, Node: d.cfg.Node})
 	if err != nil {
 		d.cfg.Logger.Warn("rpc: claiming an attempt", "device", r.Device, "id", r.ID, "err", err)
@@ -239,7 +243,6 @@ func (d *Dispatcher) attempt(ctx context.Context, r store.RPC) bool {
 	if !ok {
 		return true // changed meanwhile: answered, deleted, or sent by another node
 	}
-	d.notify(sent)
 	n := sent.Attempts
 	timeout := time.Duration(r.TimeoutMs) * time.Millisecond
 	payload, _ := json.Marshal(map[string]any{"id": r.ID, "method": r.Method, "params": r.Params})
@@ -271,12 +274,10 @@ func (d *Dispatcher) attempt(ctx context.Context, r store.RPC) bool {
 	}
 	if !res.Delivered {
 		// It never reached the device: take the attempt back.
-		back, ok, err := d.cfg.Store.TransitionRPC(context.Background(), store.RPCTransition{ID: r.ID,
+		_, _, err := d.transition(context.Background(), store.RPCTransition{ID: r.ID,
 			From: []store.RPCStatus{store.RPCSent}, Attempts: n, To: r.Status, UndoAttempt: true})
 		if err != nil {
 			d.cfg.Logger.Warn("rpc: taking back an attempt", "device", r.Device, "id", r.ID, "err", err)
-		} else if ok {
-			d.notify(back)
 		}
 		d.mu.Lock()
 		d.hold[r.Device] = time.Now().Add(retryHold)
@@ -288,12 +289,10 @@ func (d *Dispatcher) attempt(ctx context.Context, r store.RPC) bool {
 	if r.Oneway {
 		to = store.RPCSuccessful
 	}
-	got, ok, err := d.cfg.Store.TransitionRPC(ctx, store.RPCTransition{ID: r.ID, From: []store.RPCStatus{store.RPCSent},
+	_, _, err = d.transition(ctx, store.RPCTransition{ID: r.ID, From: []store.RPCStatus{store.RPCSent},
 		Attempts: n, To: to})
 	if err != nil {
 		d.cfg.Logger.Warn("rpc: recording delivery", "device", r.Device, "id", r.ID, "err", err)
-	} else if ok {
-		d.notify(got)
 	}
 	if !r.Oneway {
 		d.startTimer(r.ID, n, time.Until(sent.SentAt.Add(timeout)))
@@ -314,7 +313,7 @@ func (d *Dispatcher) timedOut(id int64, n int, why string) {
 		to = store.RPCFailed
 		msg = fmt.Sprintf("no answer after %d attempts (retries %d); last: %s", n, r.Retries, why)
 	}
-	got, ok, err := d.cfg.Store.TransitionRPC(ctx, store.RPCTransition{ID: id, Attempts: n,
+	_, ok, err := d.transition(ctx, store.RPCTransition{ID: id, Attempts: n,
 		From: []store.RPCStatus{store.RPCSent, store.RPCDelivered}, To: to, Error: msg})
 	if err != nil {
 		d.cfg.Logger.Warn("rpc: recording a timeout", "device", r.Device, "id", id, "err", err)
@@ -323,18 +322,16 @@ func (d *Dispatcher) timedOut(id int64, n int, why string) {
 	if !ok {
 		return
 	}
-	d.notify(got)
 	if to == store.RPCTimeout && d.isReady(r.Device) {
 		d.kick(r.Device)
 	}
 }
 
 func (d *Dispatcher) expire(ctx context.Context, r store.RPC) {
-	got, ok, err := d.cfg.Store.TransitionRPC(ctx, store.RPCTransition{ID: r.ID, Attempts: -1,
+	if _, _, err := d.transition(ctx, store.RPCTransition{ID: r.ID, Attempts: -1,
 		From: []store.RPCStatus{store.RPCQueued, store.RPCSent, store.RPCDelivered, store.RPCTimeout},
-		To:   store.RPCExpired, Error: "expired before completion"})
-	if err == nil && ok {
-		d.notify(got)
+		To:   store.RPCExpired, Error: "expired before completion"}); err != nil {
+		d.cfg.Logger.Warn("rpc: expiring a call", "device", r.Device, "id", r.ID, "err", err)
 	}
 }
 
@@ -360,6 +357,18 @@ func (d *Dispatcher) stopTimer(id int64) {
 		delete(d.timers, id)
 	}
 	d.mu.Unlock()
+}
+
+// transition applies t and, when it applied, publishes the notice.
+func (d *Dispatcher) transition(ctx context.Context, t store.RPCTransition) (store.RPC, bool, error) {
+	mu := &d.callMu[uint64(t.ID)%uint64(len(d.callMu))]
+	mu.Lock()
+	defer mu.Unlock()
+	r, ok, err := d.cfg.Store.TransitionRPC(ctx, t)
+	if err == nil && ok {
+		d.notify(r)
+	}
+	return r, ok, err
 }
 
 func (d *Dispatcher) notify(r store.RPC) {
@@ -399,7 +408,10 @@ func (d *Dispatcher) sweep(starting bool) {
 	}
 	for _, r := range expired {
 		d.stopTimer(r.ID)
+		mu := &d.callMu[uint64(r.ID)%uint64(len(d.callMu))]
+		mu.Lock()
 		d.notify(r)
+		mu.Unlock()
 	}
 	running, err := d.cfg.Store.ListRPCs(ctx, store.RPCQuery{Status: []store.RPCStatus{store.RPCSent, store.RPCDelivered}, Limit: 1000})
 	if err != nil {
