@@ -106,40 +106,44 @@ var errLogin = errors.New("wrong user name or password")
 
 // signIn turns the form into a bearer token: a password login through
 // the API's accounts, or an API token checked against the API.
-func (s *Server) signIn(r *http.Request) (string, error) {
+// The session lasts as long as the API's token does (at most sessionTTL).
+func (s *Server) signIn(r *http.Request) (string, time.Duration, error) {
 	if tok := strings.TrimSpace(r.PostFormValue("token")); tok != "" {
-		code, _ := s.apiCall(r, "GET", "/api/v1/devices?limit=1", tok, nil)
+		code, _ := s.apiCall(r, "GET", "/api/v1/users/me", tok, nil)
 		switch code {
 		case http.StatusOK:
-			return tok, nil
+			return tok, sessionTTL, nil
 		case http.StatusUnauthorized, http.StatusForbidden:
-			return "", errors.New("the API refused this token")
+			return "", 0, errors.New("the API refused this token")
 		}
-		return "", errors.New("the API could not check the token; try again")
+		return "", 0, errors.New("the API could not check the token; try again")
 	}
 	user, pass := r.PostFormValue("username"), r.PostFormValue("password")
 	if user == "" || pass == "" {
-		return "", errors.New("enter a user name and password, or an API token")
+		return "", 0, errors.New("enter a user name and password, or an API token")
 	}
 	body, _ := json.Marshal(map[string]string{"username": user, "password": pass})
 	code, resp := s.apiCall(r, "POST", "/api/v1/auth/login", "", body)
 	switch {
 	case code == http.StatusOK || code == http.StatusCreated:
 		var out struct {
-			Token string `json:"token"`
+			Token     string    `json:"token"`
+			ExpiresAt time.Time `json:"expiresAt"`
 		}
 		if json.Unmarshal(resp, &out) != nil || out.Token == "" {
-			return "", errors.New("the API answered the login without a token")
+			return "", 0, errors.New("the API answered the login without a token")
 		}
-		return out.Token, nil
-	case code == http.StatusNotFound:
-		return "", errors.New("this server has no user accounts yet: sign in with an API token")
+		ttl := sessionTTL
+		if d := time.Until(out.ExpiresAt); !out.ExpiresAt.IsZero() && d < ttl {
+			ttl = d
+		}
+		return out.Token, ttl, nil
 	case code == http.StatusTooManyRequests:
-		return "", errors.New("too many attempts; wait a minute")
+		return "", 0, errors.New("too many failed attempts; wait a minute and try again")
 	case code >= 500:
-		return "", errors.New("the server could not sign you in; try again")
+		return "", 0, errors.New("the server could not sign you in; try again")
 	}
-	return "", errLogin
+	return "", 0, errLogin
 }
 
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
@@ -149,15 +153,16 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 	next := safeNext(r.PostFormValue("next"))
-	tok, err := s.signIn(r)
+	tok, ttl, err := s.signIn(r)
 	if err != nil {
 		s.render(w, r, http.StatusUnauthorized, "login", pageData{Title: "Sign in", Error: err.Error(), Next: next})
 		return
 	}
 	var b [24]byte
 	rand.Read(b[:])
-	setCookie(w, r, sessionCookie, tok, int(sessionTTL/time.Second))
-	setCookie(w, r, csrfCookie, hex.EncodeToString(b[:]), int(sessionTTL/time.Second))
+	age := max(int(ttl/time.Second), 1)
+	setCookie(w, r, sessionCookie, tok, age)
+	setCookie(w, r, csrfCookie, hex.EncodeToString(b[:]), age)
 	http.Redirect(w, r, next, http.StatusSeeOther)
 }
 
@@ -175,9 +180,13 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 		// (accounts); an API token simply stays valid.
 		s.apiCall(r, "POST", "/api/v1/auth/logout", sess.token, []byte("{}"))
 	}
+	clearSession(w, r)
+	http.Redirect(w, r, Prefix+"login", http.StatusSeeOther)
+}
+
+func clearSession(w http.ResponseWriter, r *http.Request) {
 	setCookie(w, r, sessionCookie, "", -1)
 	setCookie(w, r, csrfCookie, "", -1)
-	http.Redirect(w, r, Prefix+"login", http.StatusSeeOther)
 }
 
 func sameToken(a, b string) bool {

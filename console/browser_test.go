@@ -2,8 +2,10 @@ package console_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -349,4 +351,154 @@ func TestConsoleFactory(t *testing.T) {
 		t.Errorf("traveller of %s:\n%s", sn, trav)
 	}
 	screenshot(t, ctx, "unit")
+}
+
+// apiAs calls the node's API with a bearer token and decodes the answer.
+func apiAs(t *testing.T, n *node.Node, token, method, path, body string, out any) int {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+n.HTTPAddr()+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, b)
+		}
+	}
+	return resp.StatusCode
+}
+
+func addUser(t *testing.T, n *node.Node, name, role string) {
+	t.Helper()
+	body := fmt.Sprintf(`{"username":%q,"password":"pw-%s-0123456789","role":%q}`, name, name, role)
+	if code := apiAs(t, n, adminToken, "POST", "/api/v1/users", body, nil); code != http.StatusCreated && code != http.StatusOK {
+		t.Fatalf("creating %s: %d", name, code)
+	}
+}
+
+func loginAs(t *testing.T, ctx context.Context, base, name string) {
+	t.Helper()
+	run(t, ctx, "sign in as "+name,
+		chromedp.Navigate(base+"/console/login"),
+		chromedp.WaitVisible(chromedp.CSS(`#username`)),
+		chromedp.SendKeys(chromedp.CSS(`#username`), name),
+		chromedp.SendKeys(chromedp.CSS(`#password`), "pw-"+name+"-0123456789"),
+		chromedp.Submit(chromedp.CSS(`#password`)),
+		chromedp.WaitVisible(chromedp.CSS(`#n-devices`)),
+		waitJS(fmt.Sprintf(`document.querySelector(".whoami").textContent.includes(%q)`, name)),
+	)
+}
+
+func signOut(t *testing.T, ctx context.Context) {
+	t.Helper()
+	run(t, ctx, "sign out", chromedp.Click(chromedp.CSS(`.logout button`)), chromedp.WaitVisible(chromedp.CSS(`#username`)))
+}
+
+// navLinks is the text of the main navigation.
+func navLinks(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	var s string
+	run(t, ctx, "navigation", into(chromedp.Text(chromedp.CSS(`nav ul`)), &s))
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// TestConsoleRoles signs in with passwords as an admin, an operator and an
+// end user, and checks that each sees what the API gives their role: the
+// admin manages users and makes a token, the operator sees a device's
+// certificates but no telemetry, the user sees none of the fleet.
+func TestConsoleRoles(t *testing.T) {
+	ctx := browser(t)
+	n := startNode(t)
+	base := "http://" + n.HTTPAddr()
+	addUser(t, n, "ada", "admin")
+	addUser(t, n, "olga", "operator")
+	addUser(t, n, "ulla", "user")
+	units := startTwins(t, n, 1, 500*time.Millisecond)
+	sn := units[0].SN
+
+	loginAs(t, ctx, base, "ada")
+	if got := navLinks(t, ctx); got != "Overview Devices Factory Users Account" {
+		t.Errorf("admin's navigation = %q", got)
+	}
+	run(t, ctx, "add a user",
+		chromedp.Navigate(base+"/console/users"),
+		waitJS(`document.querySelectorAll("#users tr").length === 3`),
+		chromedp.SendKeys(chromedp.CSS(`#nu-name`), "ben"),
+		chromedp.SendKeys(chromedp.CSS(`#nu-pass`), "pw-ben-0123456789"),
+		chromedp.Click(chromedp.CSS(`#user-form button`)),
+		waitJS(`document.querySelectorAll("#users tr").length === 4`),
+	)
+	var users struct {
+		Users []struct{ Username, Role string } `json:"users"`
+	}
+	if apiAs(t, n, adminToken, "GET", "/api/v1/users", "", &users); len(users.Users) != 4 {
+		t.Errorf("users after adding ben: %+v", users)
+	}
+	screenshot(t, ctx, "users")
+	var secret string
+	run(t, ctx, "make an API token",
+		chromedp.Navigate(base+"/console/account"),
+		waitJS(`document.querySelectorAll("#tokens tr").length === 1`), // the console session itself
+		chromedp.SendKeys(chromedp.CSS(`#tk-name`), "backup script"),
+		chromedp.Click(chromedp.CSS(`#token-form button`)),
+		chromedp.WaitVisible(chromedp.CSS(`#new-token pre`)),
+		into(chromedp.Text(chromedp.CSS(`#new-token pre`)), &secret),
+		waitJS(`document.querySelectorAll("#tokens tr").length === 2`),
+	)
+	// The token shown works against the API, read-only.
+	if code := apiAs(t, n, strings.TrimSpace(secret), "GET", "/api/v1/devices", "", nil); code != 200 {
+		t.Errorf("new token: GET devices = %d", code)
+	}
+	if code := apiAs(t, n, strings.TrimSpace(secret), "DELETE", "/api/v1/devices/"+sn, "", nil); code != http.StatusForbidden {
+		t.Errorf("read-only token: DELETE = %d; want 403", code)
+	}
+	// The picture shows no usable secret, even of a throwaway node.
+	run(t, ctx, "mask the token", waitJS(`(document.querySelector("#new-token pre").textContent = "tla_••••••••••••••••", true)`))
+	screenshot(t, ctx, "account")
+	signOut(t, ctx)
+
+	loginAs(t, ctx, base, "olga")
+	if got := navLinks(t, ctx); got != "Overview Devices Factory Account" {
+		t.Errorf("operator's navigation = %q", got)
+	}
+	var tabs string
+	run(t, ctx, "operator on a device page",
+		chromedp.Navigate(base+"/console/devices/"+sn),
+		waitJS(`document.querySelector("#certs .cert .mono") !== null`),
+		into(chromedp.Text(chromedp.CSS(`.tabs`)), &tabs),
+		waitJS(`document.querySelector("#charts") === null && document.querySelector("#rpc-form") === null`),
+		waitJS(`document.querySelector("#certs button.danger") === null`), // revoking is for admins
+	)
+	if strings.TrimSpace(tabs) != "Certificates" {
+		t.Errorf("operator's device tabs = %q", tabs)
+	}
+	signOut(t, ctx)
+
+	loginAs(t, ctx, base, "ulla")
+	if got := navLinks(t, ctx); got != "Overview Devices Account" {
+		t.Errorf("user's navigation = %q", got)
+	}
+	var count string
+	run(t, ctx, "a user owning nothing sees no device",
+		waitJS(`document.querySelector("#n-devices").textContent === "0"`),
+		chromedp.Navigate(base+"/console/devices"),
+		waitJS(`document.querySelector("#rows td.empty") !== null`),
+		into(chromedp.Text(chromedp.CSS(`#total`)), &count),
+		chromedp.Navigate(base+"/console/devices/"+sn),
+		waitJS(`document.querySelector("#status").textContent.includes("not found")`),
+		chromedp.Navigate(base+"/console/factory"),
+		chromedp.WaitVisible(chromedp.CSS(`main h1`)),
+		waitJS(`document.querySelector("main h1").textContent === "Not for your role"`),
+	)
+	if !strings.Contains(count, "0 devices") {
+		t.Errorf("user's device count = %q", count)
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
+	"encoding/json"
 	"html/template"
 	"io/fs"
 	"log/slog"
@@ -56,13 +57,40 @@ type Server struct {
 // view is one page of the console's navigation.
 type view struct {
 	Path, Title, Template string
+	// For says who the page is for: "" everyone, "staff" admins and
+	// operators, "admin" admins, "account" callers with an account (not
+	// the admin token). It only decides what the navigation offers and
+	// spares a page of refusals: the API alone decides what data anyone
+	// gets.
+	For string
 }
 
 // views are the console's pages, in navigation order.
 var views = []view{
-	{"/console/", "Overview", "overview"},
-	{"/console/devices", "Devices", "devices"},
-	{"/console/factory", "Factory", "factory"},
+	{"/console/", "Overview", "overview", ""},
+	{"/console/devices", "Devices", "devices", ""},
+	{"/console/factory", "Factory", "factory", "staff"},
+	{"/console/users", "Users", "users", "admin"},
+	{"/console/account", "Account", "account", "account"},
+}
+
+// me is the caller as the API sees them.
+type me struct {
+	ID       int64  `json:"id"`
+	Username string `json:"username"`
+	Role     string `json:"role"`
+}
+
+func (m me) may(forWhom string) bool {
+	switch forWhom {
+	case "staff":
+		return m.Role == "admin" || m.Role == "operator"
+	case "admin":
+		return m.Role == "admin"
+	case "account":
+		return m.ID != 0
+	}
+	return true
 }
 
 // New returns the console's handler, to be mounted at Prefix (and, for the
@@ -100,10 +128,10 @@ func New(cfg Config) *Server {
 		if strings.HasSuffix(v.Path, "/") {
 			pattern += "{$}"
 		}
-		s.mux.Handle(pattern, s.page(v.Template, v.Title))
+		s.mux.Handle(pattern, s.page(v))
 	}
-	s.mux.Handle("GET "+Prefix+"devices/{name}", s.page("device", "Device"))
-	s.mux.Handle("GET "+Prefix+"factory/units/{sn}", s.page("unit", "Unit"))
+	s.mux.Handle("GET "+Prefix+"devices/{name}", s.page(view{Template: "device", Title: "Device"}))
+	s.mux.Handle("GET "+Prefix+"factory/units/{sn}", s.page(view{Template: "unit", Title: "Unit", For: "staff"}))
 	s.mux.HandleFunc(Prefix, func(w http.ResponseWriter, r *http.Request) {
 		s.render(w, r, http.StatusNotFound, "notfound", pageData{Title: "Not found"})
 	})
@@ -128,33 +156,59 @@ type pageData struct {
 	Active string // the view the navigation marks as current
 	Nav    []view
 	CSRF   string
+	User   string // who is signed in, and their role
+	Role   string
 	Param  string // the device name or unit SN of a detail page
 	Error  string
 	Next   string
 }
 
 // page serves a view's shell to a signed-in user; others go to the login.
-func (s *Server) page(tmpl, title string) http.Handler {
+// The API says who the session is (GET /api/v1/users/me) on every page, so
+// a session the API no longer accepts goes back to the sign-in at once.
+func (s *Server) page(v view) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		login := Prefix + "login?next=" + urlQueryEscape(r.URL.RequestURI())
 		sess, ok := session(r)
 		if !ok {
-			http.Redirect(w, r, Prefix+"login?next="+urlQueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
+			http.Redirect(w, r, login, http.StatusSeeOther)
 			return
 		}
-		d := pageData{Title: title, View: tmpl, Active: tmpl, Nav: views, CSRF: sess.csrf}
+		code, body := s.apiCall(r, "GET", "/api/v1/users/me", sess.token, nil)
+		var who me
+		if code != http.StatusOK || json.Unmarshal(body, &who) != nil {
+			if code == http.StatusUnauthorized {
+				clearSession(w, r)
+				http.Redirect(w, r, login+"&expired=1", http.StatusSeeOther)
+				return
+			}
+			s.render(w, r, http.StatusBadGateway, "notfound", pageData{Title: "The API is not answering", Error: "The API could not say who you are; try again."})
+			return
+		}
+		d := pageData{Title: v.Title, View: v.Template, Active: v.Template, CSRF: sess.csrf, User: who.Username, Role: who.Role}
+		for _, nv := range views {
+			if who.may(nv.For) {
+				d.Nav = append(d.Nav, nv)
+			}
+		}
+		if !who.may(v.For) {
+			d.View, d.Title = "forbidden", "Not for your role"
+			s.render(w, r, http.StatusForbidden, "forbidden", d)
+			return
+		}
 		if n := r.PathValue("name"); n != "" {
 			d.Param, d.Title = n, n
 		}
 		if sn := r.PathValue("sn"); sn != "" {
 			d.Param, d.Title = sn, sn
 		}
-		if tmpl == "device" {
+		switch v.Template {
+		case "device":
 			d.Active = "devices"
-		}
-		if tmpl == "unit" {
+		case "unit":
 			d.Active = "factory"
 		}
-		s.render(w, r, http.StatusOK, tmpl, d)
+		s.render(w, r, http.StatusOK, v.Template, d)
 	})
 }
 

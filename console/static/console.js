@@ -5,7 +5,10 @@
   const $ = (sel, root) => (root || document).querySelector(sel);
   const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
   const csrf = ($('meta[name="csrf-token"]') || {}).content || "";
-  const view = document.body.dataset.view, param = document.body.dataset.param;
+  const view = document.body.dataset.view, param = document.body.dataset.param, role = document.body.dataset.role;
+  // The role only shapes the page (no panel the API would refuse); what
+  // data arrives is the API's decision alone.
+  const staff = role === "admin" || role === "operator";
 
   // h builds an element: h("td", {class: "x"}, "text", child...).
   function h(tag, attrs, ...kids) {
@@ -82,6 +85,7 @@
 
   // ---- overview ----
   function overview() {
+    if (!staff) return ownOverview();
     const rate = [];
     let last = null;
     const rateChart = new TLChart.Line($("#rate-chart"), { label: "Messages per second" });
@@ -111,6 +115,18 @@
       }
       last = { n: n, t: now };
       rate.push(n);
+    });
+  }
+
+  // ownOverview is an owner's: their devices only, from the device list.
+  function ownOverview() {
+    for (const id of ["#h-expiry", "#h-fw", "#h-rate", "#h-events"]) $(id).closest("section").hidden = true;
+    $("#n-rate").closest(".card").hidden = true;
+    every(5000, async () => {
+      const [all, on] = await Promise.all([api("GET", "/v1/devices?limit=1&count=true"), api("GET", "/v1/devices?limit=1&count=true&online=true")]);
+      $("#n-devices").textContent = all.total;
+      $("#n-online").textContent = on.total;
+      $("#n-offline").textContent = all.total - on.total;
     });
   }
 
@@ -192,6 +208,11 @@
 
   function device() {
     const name = param, base = "/v1/devices/" + enc(name);
+    if (role === "operator") {
+      // Operators see a device's state and certificates, never its data.
+      for (const t of ["telemetry", "attributes", "rpc", "events"]) { $("#tab-" + t).remove(); $("#p-" + t).remove(); }
+      if (!location.hash) history.replaceState(null, "", "#certs");
+    }
     tabs(document);
     const fact = (k, v) => h("div", {}, h("dt", {}, k), h("dd", {}, v));
     every(5000, async () => {
@@ -205,11 +226,8 @@
       for (const [k, v] of Object.entries(d.counters || {})) facts.push(fact(k, v));
       fill($("#dev-facts"), facts);
     });
-    telemetry(base);
-    attributes(base);
-    rpc(base);
+    if (role !== "operator") { telemetry(base); attributes(base); rpc(base); events(name); }
     certs(base);
-    events(name);
   }
 
   // telemetry keeps one chart per numeric key: live (appending the latest
@@ -317,17 +335,17 @@
 
   function certs(base) {
     const load = async () => {
-      const [c, rv] = await Promise.all([api("GET", base + "/credentials"), api("GET", "/v1/revocations").catch(() => ({ revocations: [] }))]);
-      const revoked = new Map(rv.revocations.map(r => [r.serial, r]));
-      fill($("#certs"), c.credentials.length ? c.credentials.map((k, i) => {
-        const exp = new Date(k.notAfter), days = Math.round((exp - Date.now()) / 86400e3), rev = revoked.get(k.serial);
-        const badge = rev ? h("span", { class: "badge bad" }, "revoked") : days < 0 ? h("span", { class: "badge bad" }, "expired") :
-          days < 30 ? h("span", { class: "badge warn" }, "expires in " + days + " d") : h("span", { class: "badge online" }, i === 0 ? "current" : "valid");
+      const c = await api("GET", base + "/credentials");
+      fill($("#certs"), c.credentials.length ? c.credentials.map(k => {
+        const days = Math.round((new Date(k.notAfter) - Date.now()) / 86400e3), rev = k.revocation;
+        const badge = k.status === "revoked" ? h("span", { class: "badge bad" }, "revoked") : days < 0 ? h("span", { class: "badge bad" }, "expired") :
+          k.status === "retiring" ? h("span", { class: "badge warn" }, "retiring " + when(k.retireAt)) :
+          days < 30 ? h("span", { class: "badge warn" }, "expires in " + days + " d") : h("span", { class: "badge online" }, k.status || "valid");
         return h("article", { class: "panel cert" },
           h("header", {}, h("h2", {}, "Serial ", h("span", { class: "mono" }, k.serial), " ", badge),
-            rev ? null : h("button", { type: "button", class: "danger", onclick: async () => {
-              if (!confirm("Revoke certificate " + k.serial + "? The device will be refused at its next connection.")) return;
-              try { await api("POST", "/v1/revocations", { serial: k.serial, reason: "revoked from the console" }); status("Revoked"); load(); } catch (err) { status(err.message, true); }
+            rev || role !== "admin" ? null : h("button", { type: "button", class: "danger", onclick: async () => {
+              if (!confirm("Revoke certificate " + k.serial + "? The device is disconnected and refused from now on.")) return;
+              try { await api("POST", base + "/credentials/revoke", { serial: k.serial, reason: "revoked from the console" }); status("Revoked"); load(); } catch (err) { status(err.message, true); }
             } }, "Revoke")),
           h("dl", { class: "facts" }, h("div", {}, h("dt", {}, "Subject"), h("dd", {}, k.subject)), h("div", {}, h("dt", {}, "Issuer"), h("dd", {}, k.issuer)),
             h("div", {}, h("dt", {}, "Valid"), h("dd", {}, when(k.notBefore) + " → " + when(k.notAfter))),
