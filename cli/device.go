@@ -127,6 +127,7 @@ interval. SIGUSR1 is the reset button: a factory reset.`,
 	f.DurationVar(&cfg.Keepalive, "keepalive", 120*time.Second, "MQTT keepalive")
 	f.DurationVar(&cfg.BackoffMax, "backoff-max", time.Minute, "longest delay between reconnection attempts")
 	f.DurationVar(&cfg.AttrEvery, "uptime-every", time.Minute, "period of the uptime client attribute")
+	f.DurationVar(&cfg.RotateWithin, "rotate-within", twin.DefaultRotateWithin, "ask the cloud for a new certificate when the current one expires within this (0: never)")
 	f.StringVar(&cfg.FirmwareVersion, "fw-version", twin.DefaultFirmwareVersion, "firmware version reported when the state names none")
 	f.StringVar(&cfg.Names.Cert, "cert-name", "device.crt", "certificate file in the image")
 	f.StringVar(&cfg.Names.Key, "key-name", "device.key", "private key file in the image")

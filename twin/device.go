@@ -116,14 +116,21 @@ type device struct {
 
 	schedGen, tickGen uint64 // owned by the scheduler, under its mu
 
-	mu       sync.Mutex // guards the fields below
-	st       State
-	conn     *mqttConn
-	dht      *dht11
-	bootAt   time.Time
-	nextTele time.Time
-	nextAttr time.Time
-	inflight int
+	// Certificate rotation (rotate.go); rotateWithin 0 or saveIdentity
+	// nil: off. rotated is set once a new identity is stored.
+	rotateWithin time.Duration
+	saveIdentity func(certPEM, keyPEM []byte) error
+	rotated      atomic.Bool
+
+	mu         sync.Mutex  // guards the fields below
+	certAnswer chan []byte // a rotation waiting for cert/response
+	st         State
+	conn       *mqttConn
+	dht        *dht11
+	bootAt     time.Time
+	nextTele   time.Time
+	nextAttr   time.Time
+	inflight   int
 }
 
 func newDevice(id *Identity, cc *cloudConfig, st State, persist func(State) error) *device {
@@ -237,6 +244,11 @@ func (d *device) runCloud(ctx context.Context) error {
 		if errors.Is(err, errReboot) || errors.Is(err, errFactoryReset) {
 			return err
 		}
+		if d.rotated.Load() {
+			// Restart to load the stored identity, as the firmware's
+			// cert_manager reads it at boot only.
+			return fmt.Errorf("%w: %w", errReboot, errRotated)
+		}
 		d.cc.stats.Errors.Add(1)
 		wait := backoff(failures, d.cc.backoffMin, d.cc.backoffMax)
 		failures++
@@ -304,9 +316,19 @@ func (d *device) clientID() string {
 func (d *device) session(ctx context.Context, c *mqttConn) error {
 	stop := context.AfterFunc(ctx, func() { c.disconnect() })
 	defer stop()
-	if err := c.subscribe(1, TopicRPCRequest+"+", TopicAttributes); err != nil {
+	rotates := d.rotateWithin > 0 && d.saveIdentity != nil
+	filters := []string{TopicRPCRequest + "+", TopicAttributes}
+	if rotates {
+		filters = append(filters, TopicCertResponse)
+	}
+	if err := c.subscribe(1, filters...); err != nil {
 		c.conn.Close()
 		return fmt.Errorf("subscribing: %w", err)
+	}
+	if rotates {
+		rctx, stopRotation := context.WithCancel(ctx)
+		defer stopRotation()
+		go d.watchRotation(rctx, c)
 	}
 	now := time.Now()
 	d.mu.Lock()
@@ -401,6 +423,8 @@ func (d *device) handlePublish(c *mqttConn, topic string, payload []byte) error 
 		return action
 	case topic == TopicAttributes:
 		d.applyAttributes(payload)
+	case topic == TopicCertResponse:
+		d.deliverCertAnswer(payload)
 	}
 	return nil
 }

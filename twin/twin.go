@@ -53,6 +53,10 @@ type Config struct {
 	Timeout         time.Duration // dial, TLS and CONNECT, 10 s
 	CleanupDelay    time.Duration // provisioning service shutdown delay, 1 s as in ESP-IDF
 	FirmwareVersion string        // reported when the state names none
+	// RotateWithin: the twin asks the cloud for a new certificate when its
+	// own expires within this, and stores it in its SPIFFS image (see
+	// rotate.go); 0 never rotates. The CLI's default is DefaultRotateWithin.
+	RotateWithin time.Duration
 
 	Logf  func(format string, args ...any) // nil means silent
 	Stats *Stats                           // nil means private counters
@@ -151,7 +155,9 @@ func New(cfg Config) (*Twin, error) {
 func (t *Twin) loadIdentity() (*Identity, error) {
 	read := t.cfg.Files
 	if read == nil {
+		t.mu.Lock() // a rotation may have replaced the image
 		img := t.cfg.Image
+		t.mu.Unlock()
 		if img == nil {
 			if t.cfg.SPIFFS == "" {
 				return nil, errors.New("twin: no SPIFFS image")
@@ -356,6 +362,9 @@ func (t *Twin) boot(ctx context.Context) error {
 	}
 	d := newDevice(id, t.cc, st, t.persist)
 	d.bootAt = bootAt // uptime counts from power-on, not from joining the cloud
+	if t.cfg.RotateWithin > 0 && t.identityWritable() {
+		d.rotateWithin, d.saveIdentity = t.cfg.RotateWithin, t.saveIdentity
+	}
 	t.mu.Lock()
 	t.dev = d
 	t.mu.Unlock()
