@@ -55,6 +55,8 @@ type Monitor struct {
 	wg     sync.WaitGroup
 }
 
+var discard = slog.New(slog.DiscardHandler)
+
 // Start begins both sweeps; the first runs at once.
 func Start(cfg Config) *Monitor {
 	if cfg.Threshold <= 0 {
@@ -70,7 +72,7 @@ func Start(cfg Config) *Monitor {
 		cfg.Now = time.Now
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
+		cfg.Logger = discard
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Monitor{cfg: cfg, alarms: alarm.NewService(cfg.Store, cfg.Bus, cfg.Logger), log: cfg.Logger, cancel: cancel}
