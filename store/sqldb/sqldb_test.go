@@ -2,12 +2,8 @@ package sqldb
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"errors"
-	"net/url"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -15,6 +11,7 @@ import (
 	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/thingline/thingline/store"
+	"github.com/thingline/thingline/store/storetest"
 )
 
 func TestRebind(t *testing.T) {
@@ -123,27 +120,7 @@ func TestSQLite(t *testing.T) {
 }
 
 func TestPostgres(t *testing.T) {
-	base := os.Getenv("THINGLINE_TEST_POSTGRES")
-	if base == "" {
-		t.Skip("THINGLINE_TEST_POSTGRES not set")
-	}
-	b := make([]byte, 6)
-	rand.Read(b)
-	schema := "t_" + hex.EncodeToString(b)
-	admin, err := sql.Open("pgx", base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Exec("DROP SCHEMA " + schema + " CASCADE")
-	u, _ := url.Parse(base)
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	sdb, err := sql.Open("pgx", u.String())
+	sdb, err := sql.Open("pgx", storetest.PostgresURL(t))
 	if err != nil {
 		t.Fatal(err)
 	}
