@@ -104,11 +104,70 @@ func revokeAndExpectKick(t *testing.T, api, holder *server, dev pkitest.Device, 
 	}
 }
 
+// revokeTwinAndExpectItOut runs a twin (`thingline device run`) on holder,
+// revokes its certificate through api and checks that the device is
+// offline within a second and stays out while the twin keeps retrying.
+func revokeTwinAndExpectItOut(t *testing.T, api, holder *server, ca *pki.CA, sn string) {
+	t.Helper()
+	image, _ := unitImage(t, ca, sn, time.Now().Add(365*24*time.Hour))
+	tw := startTwin(t, "--spiffs", image, "--state", t.TempDir(), "--broker", "mqtts://"+holder.mqttAddr,
+		"--server-name", "127.0.0.1", "--prov", "none", "--interval", "200ms", "--backoff-max", "1s")
+	online := func() bool {
+		var d struct{ Online bool }
+		api.api("GET", "/api/v1/devices/"+sn, "", &d)
+		return d.Online
+	}
+	tstest.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+		if !online() {
+			return fmt.Errorf("twin %s not online", sn)
+		}
+		return nil
+	})
+	out, err := api.cli("device", "revoke", sn)
+	revoked := time.Now()
+	if err != nil {
+		t.Fatalf("device revoke: %v\n%s", err, out)
+	}
+	tstest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		if online() {
+			return fmt.Errorf("revoked twin still online")
+		}
+		return nil
+	})
+	// The store marks it offline when the session has ended; a poll's
+	// worth of slack on top of the second.
+	if d := time.Since(revoked); d > time.Second+100*time.Millisecond {
+		t.Errorf("revoked twin offline only %v after the revocation was answered", d)
+	}
+	// It keeps trying (backoff at most a second) and is refused every time.
+	tstest.CheckFor(t, 20*time.Second, 100*time.Millisecond, func() error {
+		var evs struct{ Events []struct{ Device, Reason string } }
+		api.api("GET", "/api/v1/events?kind=refused&device="+sn, "", &evs)
+		n := 0
+		for _, e := range evs.Events {
+			if e.Reason == "revoked" {
+				n++
+			}
+		}
+		if n < 3 {
+			return fmt.Errorf("%d refused reconnects of the revoked twin so far", n)
+		}
+		return nil
+	})
+	if online() {
+		t.Error("the revoked twin got back in")
+	}
+	if !strings.Contains(tw.output(), "not authorized") {
+		t.Errorf("the twin never logged its refusal:\n%s", tw.output())
+	}
+}
+
 // TestRevokeDeviceKicksWithinASecond: `thingline device revoke` on one node.
 func TestRevokeDeviceKicksWithinASecond(t *testing.T) {
 	s := startServer(t, t.TempDir())
 	dev := pkitest.IssueDevice(t, s.deviceCA(), "SN-REVOKE", pkitest.Opts{})
 	revokeAndExpectKick(t, s, s, dev, "SN-REVOKE")
+	revokeTwinAndExpectItOut(t, s, s, s.deviceCA(), "SN-REVOKE-TWIN")
 	out, err := s.cli("device", "credentials", "SN-REVOKE")
 	if err != nil || !strings.Contains(out, "revoked") || !strings.Contains(out, "keyCompromise") {
 		t.Errorf("device credentials: %v\n%s", err, out)
@@ -126,6 +185,7 @@ func TestRevokeAcrossNodes(t *testing.T) {
 	b.data = a.data
 	dev := pkitest.IssueDevice(t, a.deviceCA(), "SN-XREVOKE", pkitest.Opts{})
 	revokeAndExpectKick(t, b, a, dev, "SN-XREVOKE")
+	revokeTwinAndExpectItOut(t, b, a, a.deviceCA(), "SN-XREVOKE-TWIN")
 	if c, err := b.connect(dev.CertPath, dev.KeyPath, "SN-XREVOKE"); err == nil {
 		c.Disconnect(0)
 		t.Fatal("node B let the revoked certificate in")
