@@ -240,6 +240,15 @@ func TestConsoleLiveDevice(t *testing.T) {
 		chromedp.Click(chromedp.CSS(`#rpc-send`)),
 		waitJS(`document.querySelectorAll("#rpc-log li.err").length === 1`),
 	)
+	run(t, ctx, "a persistent RPC runs to success",
+		chromedp.SetValue(chromedp.CSS(`#rpc-method`), "getState"),
+		waitJS(`(document.querySelector("#rpc-params").value = "", true)`),
+		chromedp.Click(chromedp.CSS(`#rpc-persistent`)),
+		chromedp.Click(chromedp.CSS(`#rpc-send`)),
+		waitJS(`document.querySelector("#rpc-calls tr .rpc-status") !== null`),
+		waitJS(`document.querySelector("#rpc-calls tr .rpc-status").textContent === "successful"`),
+		waitJS(`document.querySelector("#rpc-calls tr").textContent.includes(`+"`"+`"sn":"`+"`"+` + `+fmt.Sprintf("%q", sn)+`)`),
+	)
 	screenshot(t, ctx, "rpc")
 
 	run(t, ctx, "certificates",

@@ -311,21 +311,42 @@
     });
   }
 
+  const rpcBadge = st => h("span", { class: "badge " + (st === "SUCCESSFUL" ? "online" : st === "FAILED" || st === "EXPIRED" ? "bad" : st === "TIMEOUT" ? "warn" : "") }, st.toLowerCase());
   function rpc(base) {
+    const calls = async () => {
+      const r = await api("GET", base + "/rpc?limit=20");
+      fill($("#rpc-calls"), r.rpc.length ? r.rpc.map(c => h("tr", { "data-id": c.id }, h("td", {}, c.id), h("td", {}, c.method), h("td", { class: "rpc-status" }, rpcBadge(c.status)),
+        h("td", {}, c.attempts + " / " + (c.retries + 1)), h("td", {}, timeEl(c.createdTime)),
+        h("td", { class: "mono" }, c.error ? h("span", { class: "error" }, c.error) : c.response ? JSON.stringify(c.response) : "–"),
+        h("td", {}, ["QUEUED", "SENT", "DELIVERED", "TIMEOUT"].includes(c.status) ? h("button", { type: "button", class: "ghost", "aria-label": "Cancel call " + c.id, onclick: async () => {
+          try { await api("DELETE", "/v1/rpc/" + c.id); status("Cancelled"); calls(); } catch (e) { status(e.message, true); }
+        } }, "Cancel") : null))) : empty(7, "no persistent calls"));
+    };
+    let poll = null;
+    document.addEventListener("tabshown", e => {
+      if (e.target.id === "tab-rpc" && !poll) poll = every(3000, () => $("#p-rpc").hidden ? null : calls());
+    });
+    if (location.hash === "#rpc") poll = every(3000, calls);
     $("#rpc-form").addEventListener("submit", async e => {
       e.preventDefault();
       const method = $("#rpc-method").value.trim(), raw = $("#rpc-params").value.trim();
       let params;
       if (raw) { try { params = JSON.parse(raw); } catch (err) { status("Params are not JSON: " + err.message, true); $("#rpc-params").focus(); return; } }
+      const persistent = $("#rpc-persistent").checked;
       const btn = $("#rpc-send");
       btn.disabled = true;
       const started = Date.now();
       const li = h("li", {}, h("strong", {}, method), " ", h("span", { class: "muted" }, "sent " + new Date().toLocaleTimeString() + " …"));
       $("#rpc-log").prepend(li);
       try {
-        const r = await api("POST", base + "/rpc", { method: method, params: params, timeoutMs: 1000 * (+$("#rpc-timeout").value || 10) });
-        fill(li, h("strong", {}, method), " ", h("span", { class: "muted" }, "answered in " + (Date.now() - started) + " ms"), h("pre", { class: "rpc-reply" }, JSON.stringify(r, null, 2)));
-        if (r && r.error) li.classList.add("err");
+        const r = await api("POST", base + "/rpc", { method: method, params: params, timeoutMs: 1000 * (+$("#rpc-timeout").value || 10), persistent: persistent || undefined });
+        if (persistent) {
+          fill(li, h("strong", {}, method), " ", h("span", { class: "muted" }, "queued as call " + r.id + "; its progress is in the table below"));
+          calls();
+        } else {
+          fill(li, h("strong", {}, method), " ", h("span", { class: "muted" }, "answered in " + (Date.now() - started) + " ms"), h("pre", { class: "rpc-reply" }, JSON.stringify(r, null, 2)));
+          if (r && r.error) li.classList.add("err");
+        }
       } catch (err) {
         li.classList.add("err");
         fill(li, h("strong", {}, method), " ", h("span", { class: "error rpc-error" }, err.message));
