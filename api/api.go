@@ -133,6 +133,7 @@ func New(cfg Config) *Server {
 		{Method: "GET", Pattern: "/api/v1/devices/{name}/telemetry", Access: DeviceData, h: s.queryTelemetry},
 		{Method: "GET", Pattern: "/api/v1/devices/{name}/attributes", Access: DeviceData, h: s.getAttributes},
 		{Method: "POST", Pattern: "/api/v1/devices/{name}/attributes", Access: DeviceData, h: s.postAttributes},
+		{Method: "DELETE", Pattern: "/api/v1/devices/{name}/attributes", Access: DeviceData, h: s.deleteAttributes},
 		{Method: "POST", Pattern: "/api/v1/devices/{name}/rpc", Access: DeviceData, h: s.rpc},
 		{Method: "GET", Pattern: "/api/v1/devices/{name}/rpc", Access: DeviceData, h: s.listRPCs},
 		{Method: "GET", Pattern: "/api/v1/rpc/{id}", Access: DeviceData, h: s.getRPC},

@@ -154,52 +154,6 @@ func (s *Server) queryTelemetry(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func parseScope(v string, def store.Scope) (store.Scope, error) {
-	switch sc := store.Scope(v); sc {
-	case "":
-		return def, nil
-	case store.ClientScope, store.SharedScope, store.ServerScope:
-		return sc, nil
-	}
-	return "", errorf(http.StatusBadRequest, "scope must be client, shared or server, not %q", v)
-}
-
-func (s *Server) getAttributes(w http.ResponseWriter, r *http.Request) error {
-	d, err := s.device(r)
-	if err != nil {
-		return err
-	}
-	keys := splitKeys(r.URL.Query().Get("keys"))
-	scopes := []store.Scope{store.ClientScope, store.SharedScope, store.ServerScope}
-	if v := r.URL.Query().Get("scope"); v != "" {
-		sc, err := parseScope(v, "")
-		if err != nil {
-			return err
-		}
-		scopes = []store.Scope{sc}
-	}
-	out := map[store.Scope]map[string]store.Attribute{}
-	for _, sc := range scopes {
-		m, err := s.cfg.Store.GetAttributes(r.Context(), d.ID, sc, keys)
-		if err != nil {
-			return err
-		}
-		if m == nil {
-			m = map[string]store.Attribute{}
-		}
-		if from := visibleFromMs(r); from > 0 {
-			for k, a := range m {
-				if a.UpdatedAt < from {
-					delete(m, k) // set in an earlier ownership epoch
-				}
-			}
-		}
-		out[sc] = m
-	}
-	writeJSON(w, http.StatusOK, out)
-	return nil
-}
-
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 	dec := json.NewDecoder(r.Body)
 	dec.UseNumber()
@@ -217,59 +171,6 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 	if _, err := dec.Token(); err != io.EOF {
 		return errorf(http.StatusBadRequest, "malformed JSON body: data after the JSON value")
 	}
-	return nil
-}
-
-// postAttributes sets attributes of one scope (shared by default) from a
-// flat JSON object. Shared attributes are pushed to the device at once
-// when it is online, as ThingsBoard does.
-func (s *Server) postAttributes(w http.ResponseWriter, r *http.Request) error {
-	d, err := s.device(r)
-	if err != nil {
-		return err
-	}
-	scope, err := parseScope(r.URL.Query().Get("scope"), store.SharedScope)
-	if err != nil {
-		return err
-	}
-	if scope == store.ClientScope {
-		return errorf(http.StatusBadRequest, "client attributes are reported by the device, not set through the API")
-	}
-	var kv map[string]json.RawMessage
-	if err := decodeBody(w, r, &kv); err != nil {
-		return err
-	}
-	if len(kv) == 0 {
-		return errorf(http.StatusBadRequest, "body must be a non-empty JSON object of attributes")
-	}
-	for k, v := range kv {
-		if k == "" {
-			return errorf(http.StatusBadRequest, "attribute names must not be empty")
-		}
-		if string(v) == "null" {
-			return errorf(http.StatusBadRequest, "attribute %q: null is not a value", k)
-		}
-	}
-	if err := s.cfg.Store.SetAttributes(r.Context(), d.ID, scope, kv, time.Now()); err != nil {
-		return err
-	}
-	pushed := false
-	if scope == store.SharedScope {
-		payload, _ := json.Marshal(kv)
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		defer cancel()
-		_, err := s.cfg.Bus.Request(ctx, d.Name, bus.Command{Kind: bus.CommandAttributes, Payload: payload, TimeoutMs: 5000})
-		switch {
-		case err == nil:
-			pushed = true
-		case errors.Is(err, bus.ErrNoSession):
-			// Stored; the device reads them with an attribute request
-			// when it comes back.
-		default:
-			s.cfg.Logger.Warn("api: pushing shared attributes", "device", d.Name, "err", err)
-		}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"scope": scope, "updated": len(kv), "pushed": pushed})
 	return nil
 }
 

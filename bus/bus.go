@@ -25,7 +25,7 @@ var ErrTimeout = errors.New("device did not answer in time")
 // Command kinds understood by the gateway.
 const (
 	CommandRPC        = "rpc"        // Payload: {"method":..,"params":..}; Reply: the device's JSON answer
-	CommandAttributes = "attributes" // Payload: shared attribute update {"k":v} or {"deleted":[..]}; Reply: null once sent
+	CommandAttributes = "attributes" // Payload: shared attribute update {"k":v} or {"deleted":[..]}; Reply: null once sent, {"pushed":false} when the device is not subscribed
 	CommandDisconnect = "disconnect" // Payload: {"reason":".."}; Reply: null once closed
 	// CommandRPCSend publishes one attempt of a persistent RPC. Payload:
 	// {"id":n,"method":..,"params":..}, n becoming the MQTT request id.

@@ -107,7 +107,8 @@ func (ss *session) answerAttrRequest(ctx context.Context, topic string, req attr
 
 // pushAttributes sends a shared-attribute update ({"k":v} or
 // {"deleted":[..]}) to a device subscribed to attribute updates; a device
-// that is not subscribed gets nothing, as in ThingsBoard.
+// that is not subscribed gets nothing, as in ThingsBoard, and the reply
+// says so ({"pushed":false}) so that the change is kept for later.
 func (ss *session) pushAttributes(payload json.RawMessage) (json.RawMessage, error) {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(payload, &obj); err != nil {
@@ -115,8 +116,10 @@ func (ss *session) pushAttributes(payload json.RawMessage) (json.RawMessage, err
 	}
 	sub, ok := ss.sub(subAttributes)
 	if !ok {
-		return jsonNull, nil
+		return json.RawMessage(`{"pushed":false}`), nil
 	}
+	ss.attrMu.Lock()
+	defer ss.attrMu.Unlock()
 	if err := ss.publish(attributesTopic(sub.st), payload, sub.qos); err != nil {
 		return nil, fmt.Errorf("gateway: pushing attributes to %s: %w", ss.dev.Name, err)
 	}

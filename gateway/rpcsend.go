@@ -160,13 +160,18 @@ func (ss *session) persistentRPCResponse(id string, payload []byte) func(context
 	}
 }
 
-// subscribed tells persistent RPC that the device can now take calls.
+// subscribed acts on new subscriptions: persistent RPC learns that the
+// device can take calls; shared attributes it missed are pushed.
 func (ss *session) subscribed(filters packets.Subscriptions) {
 	hooks := ss.srv.cfg.RPC
 	for _, f := range filters {
 		kind, _, ok := classifyFilter(f.Filter)
-		if ok && kind == subRPCRequest && hooks != nil {
+		switch {
+		case !ok:
+		case kind == subRPCRequest && hooks != nil:
 			hooks.RPCSubscribed(ss.dev.Name)
+		case kind == subAttributes:
+			go ss.catchUpShared()
 		}
 	}
 }

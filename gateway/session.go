@@ -109,6 +109,11 @@ type session struct {
 
 	pid atomic.Uint32 // outbound packet ids
 
+	// attrMu orders shared-attribute pushes: a live update and the
+	// catch-up on subscription (attrsync.go). Taken before writeMu; held
+	// while reading the store.
+	attrMu sync.Mutex
+
 	writeMu sync.Mutex // leaf lock: one writer on conn at a time
 	wdl     time.Time  // the write deadline last set; guarded by writeMu
 

@@ -43,6 +43,7 @@ type Store interface {
 	Accounts
 	Ownership
 	RPCs
+	SharedSync
 	// Close flushes pending writes and releases the store.
 	Close() error
 }

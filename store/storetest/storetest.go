@@ -56,6 +56,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Accounts", func(t *testing.T) { testAccounts(t, open(t)) })
 	t.Run("Ownership", func(t *testing.T) { testOwnership(t, open(t)) })
 	t.Run("RPC", func(t *testing.T) { testRPC(t, open(t)) })
+	t.Run("SharedSync", func(t *testing.T) { testSharedSync(t, open(t)) })
 	t.Run("Close", func(t *testing.T) { testClose(t, open(t)) })
 }
 
