@@ -86,9 +86,21 @@ func (s *Server) allowCSR(device string, now time.Time) bool {
 	return true
 }
 
+// parseCertRequest reads {"csr":"<PEM>"} in the read path, while the
+// payload's buffer is still the message's.
+func parseCertRequest(payload []byte) (string, error) {
+	var req struct {
+		CSR string `json:"csr"`
+	}
+	if err := json.Unmarshal(payload, &req); err != nil || req.CSR == "" {
+		return "", errors.New(`the request must be {"csr":"<PEM certificate request>"}`)
+	}
+	return req.CSR, nil
+}
+
 // answerCertRequest runs after the request's place in the session's
-// pipeline: it signs, records and answers.
-func (ss *session) answerCertRequest(ctx context.Context, payload []byte) {
+// pipeline: it signs, records and answers. perr is parseCertRequest's.
+func (ss *session) answerCertRequest(ctx context.Context, csr string, perr error) {
 	s := ss.srv
 	now := s.now()
 	refuse := func(reason, msg string) {
@@ -108,14 +120,11 @@ func (ss *session) answerCertRequest(ctx context.Context, payload []byte) {
 		refuse("no-issuer", "certificate rotation is not available: this server holds no issuing CA key")
 		return
 	}
-	var req struct {
-		CSR string `json:"csr"`
-	}
-	if err := json.Unmarshal(payload, &req); err != nil || req.CSR == "" {
-		refuse("bad-request", `the request must be {"csr":"<PEM certificate request>"}`)
+	if perr != nil {
+		refuse("bad-request", perr.Error())
 		return
 	}
-	leaf, chain, err := s.cfg.Issuer.SignRotation(ctx, ss.leaf.Subject.CommonName, []byte(req.CSR))
+	leaf, chain, err := s.cfg.Issuer.SignRotation(ctx, ss.leaf.Subject.CommonName, []byte(csr))
 	if err != nil {
 		if errors.Is(err, pki.ErrBadCSR) {
 			refuse("bad-csr", err.Error())

@@ -990,7 +990,8 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 	case pubFWRequest, pubSWRequest:
 		return ss.fwRequest(w, kind, id, pk.Payload)
 	case pubCertRequest:
-		w.fn = func(ctx context.Context) { ss.answerCertRequest(ctx, pk.Payload) }
+		csr, err := parseCertRequest(pk.Payload)
+		w.fn = func(ctx context.Context) { ss.answerCertRequest(ctx, csr, err) }
 	case pubClaim:
 		w.reason, w.reasonStr = codeImplSpecific, "claiming is not supported"
 	case pubProvision:

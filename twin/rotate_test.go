@@ -1,14 +1,26 @@
 package twin
 
 import (
+	"context"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/thingline/thingline/bus/inproc"
+	"github.com/thingline/thingline/gateway"
 	"github.com/thingline/thingline/pki"
 	"github.com/thingline/thingline/pki/pkitest"
 	"github.com/thingline/thingline/spiffs"
+	"github.com/thingline/thingline/store"
+	"github.com/thingline/thingline/store/sqlite"
+	"github.com/thingline/thingline/tstest"
 )
 
 func TestCheckRotationAnswer(t *testing.T) {
@@ -68,5 +80,74 @@ func TestRewriteSPIFFSKeepsOtherFiles(t *testing.T) {
 	}
 	if _, err := rewriteSPIFFS([]byte("not an image"), nil); err == nil {
 		t.Error("a broken image was rewritten")
+	}
+}
+
+// TestTwinRotatesInProcess runs the rotation against thingline's gateway in
+// this process (so that -race sees both sides): a twin booted from image
+// bytes whose certificate is due rotates, keeps the new identity in its
+// image, restarts and connects with it.
+func TestTwinRotatesInProcess(t *testing.T) {
+	p := newTestPKI(t) // the server's certificate
+	ca := pkitest.NewCA(t)
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "thingline.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	b := inproc.New()
+	defer b.Close()
+	srv, err := gateway.New(gateway.Config{TLSCertificate: p.server, DeviceCAs: []*x509.Certificate{ca.Cert},
+		Store: st, Bus: b, Node: "test", Issuer: ca, RotationGrace: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	defer func() { srv.Close(); <-served }()
+
+	dev := pkitest.IssueDevice(t, ca, "SN-IPROT", pkitest.Opts{NotAfter: time.Now().Add(48 * time.Hour)})
+	key, _ := os.ReadFile(dev.KeyPath)
+	img, err := spiffs.Build(spiffs.DefaultConfig(0x40000), []spiffs.File{
+		{Path: "/device.crt", Data: ca.LeafChainPEM(dev.Cert)},
+		{Path: "/device.key", Data: key},
+		{Path: "/server_chain.pem", Data: pemCert(p.root)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw, err := New(Config{Image: img, StateDir: t.TempDir(), Broker: "mqtts://" + ln.Addr().String(), Prov: ProvNone,
+		Interval: 50 * time.Millisecond, BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
+		RotateWithin: 720 * time.Hour, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runTwin(t, tw)
+	var d store.Device
+	tstest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		id := tw.Identity()
+		if id == nil || id.Cert.Leaf.Equal(dev.Cert) {
+			return errors.New("the twin still runs its first certificate")
+		}
+		if d, err = st.GetDevice(ctx, "SN-IPROT"); err != nil {
+			return err
+		}
+		cs, err := st.ListCredentials(ctx, d.ID)
+		if err != nil || len(cs) != 2 || cs[0].Serial != pki.SerialHex(id.Cert.Leaf) || !tw.View().Connected {
+			return fmt.Errorf("credentials %d (%v), connected %v", len(cs), err, tw.View().Connected)
+		}
+		return nil
+	})
+	if v := tw.State().BootCount; v != 2 {
+		t.Errorf("boot count %d, want 2: the rotation restarts once", v)
+	}
+	rs, err := st.ListRetirements(ctx, d.ID)
+	if err != nil || len(rs) != 1 || rs[0].Serial != pki.SerialHex(dev.Cert) {
+		t.Errorf("retirements = %+v, %v", rs, err)
 	}
 }
