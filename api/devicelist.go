@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -22,6 +23,16 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
 		Profile: q.Get("profile"), Firmware: q.Get("firmware")}
 	if p := principal(r); !p.Role.Staff() {
 		opt.Owner = p.UserID // an owner lists their own devices only
+	} else if name := q.Get("owner"); name != "" {
+		u, err := s.cfg.Store.GetUserByName(r.Context(), name)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			opt.Owner = -1 // nobody's: an empty page, as for any filter
+		case err != nil:
+			return err
+		default:
+			opt.Owner = u.ID
+		}
 	}
 	sort := q.Get("sort")
 	sort, opt.Desc = strings.CutPrefix(sort, "-")

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -34,6 +35,23 @@ func TestDeviceListQuery(t *testing.T) {
 			st.SetOnline(ctx, d.ID, "n", true, "a", time.Unix(int64(1000-i), 0))
 		}
 		st.SetAttributes(ctx, d.ID, store.ClientScope, map[string]json.RawMessage{"fw_version": json.RawMessage(fmt.Sprintf(`"1.%d"`, i%2))}, time.Now())
+	}
+	// SN-03 belongs to ann, claimed as a device does.
+	ann, err := st.CreateUser(ctx, store.User{Username: "ann", Role: store.RoleUser, PasswordHash: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d3, _ := st.GetDevice(ctx, "SN-03")
+	secret := sha256.Sum256([]byte("s"))
+	now := time.Now()
+	if err := st.PutClaimRequest(ctx, store.ClaimRequest{DeviceID: d3.ID, DeviceName: d3.Name, Kind: store.ClaimDevice,
+		SecretHash: secret[:], CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	pol, _ := st.GetPolicy(ctx)
+	if _, _, err := st.Claim(ctx, store.Claim{DeviceID: d3.ID, DeviceName: d3.Name, UserID: ann.ID, Kind: store.ClaimDevice,
+		SecretHash: secret[:], Policy: pol, At: now}); err != nil {
+		t.Fatal(err)
 	}
 	b := inproc.New()
 	defer b.Close()
@@ -85,6 +103,8 @@ func TestDeviceListQuery(t *testing.T) {
 		{"sort=-created&q=sn-0&firmware=1.1", "[SN-05 SN-03 SN-01]"},
 		{"online=false&profile=default", "[SN-01 SN-03 SN-05]"},
 		{"profile=other", "[]"},
+		{"owner=ann", "[SN-03]"},
+		{"owner=nobody", "[]"},
 	} {
 		names, total := walk(c.query)
 		if got := fmt.Sprint(names); got != c.want || total != int64(len(names)) {
@@ -95,6 +115,10 @@ func TestDeviceListQuery(t *testing.T) {
 		if code := get("/api/v1/devices?"+bad, nil); code != http.StatusBadRequest {
 			t.Errorf("%s: status %d; want 400", bad, code)
 		}
+	}
+	var p page
+	if get("/api/v1/devices?q=SN-03", &p); len(p.Devices) != 1 || p.Devices[0].Owner != "ann" || p.Devices[0].Firmware != "1.1" {
+		t.Errorf("SN-03 listed as %+v; want owner ann, firmware 1.1", p.Devices)
 	}
 	var sum store.FleetSummary
 	if code := get("/api/v1/fleet", &sum); code != 200 || sum.Devices != 7 || sum.Online != 4 ||

@@ -65,6 +65,9 @@ type Device struct {
 	// Firmware is the device's fw_version client attribute; only listings
 	// fill it, so that a fleet table shows it without a query per row.
 	Firmware string `json:"firmware,omitempty"`
+	// Owner is the user name of the device's current owner; only
+	// listings fill it.
+	Owner string `json:"owner,omitempty"`
 }
 
 // ListOptions selects and pages through devices. Paging is by key (the

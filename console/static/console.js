@@ -134,7 +134,9 @@
   function devices() {
     const form = $("#filters");
     const qs = new URLSearchParams(location.search);
-    for (const k of ["q", "online", "profile", "firmware", "sort", "limit"]) if (qs.get(k)) form.elements[k].value = qs.get(k);
+    if (!staff) for (const e of $$(".staff-only")) e.remove();
+    const keys = staff ? ["q", "online", "profile", "firmware", "owner", "sort", "limit"] : ["q", "online", "profile", "firmware", "sort", "limit"];
+    for (const k of keys) if (qs.get(k)) form.elements[k].value = qs.get(k);
     let stack = [], cursor = qs.get("after") || "", next = "";
     const addOpts = (sel, values, cur) => {
       const keep = sel.value || cur;
@@ -147,7 +149,7 @@
     }).catch(() => {});
     const params = () => {
       const p = new URLSearchParams();
-      for (const k of ["q", "online", "profile", "firmware", "sort", "limit"]) {
+      for (const k of keys) {
         const v = form.elements[k].value.trim();
         if (v && !(k === "sort" && v === "name")) p.set(k, v);
       }
@@ -164,8 +166,8 @@
       $("#total").textContent = "· " + r.total.toLocaleString() + (r.total === 1 ? " device" : " devices");
       fill($("#rows"), r.devices.length ? r.devices.map(d => h("tr", {},
         h("td", {}, devLink(d.name)), h("td", {}, stateBadge(d.online)), h("td", {}, d.profile || "–"),
-        h("td", {}, d.firmware || "–"), h("td", {}, timeEl(d.lastSeenAt)), h("td", { class: "hide-sm" }, d.node || "–"))) :
-        empty(6, "no device matches"));
+        h("td", {}, d.firmware || "–"), staff ? h("td", {}, d.owner || "–") : null, h("td", {}, timeEl(d.lastSeenAt)), h("td", { class: "hide-sm" }, d.node || "–"))) :
+        empty(staff ? 7 : 6, "no device matches"));
       $("#pageinfo").textContent = "page " + (stack.length + 1) + " · " + Math.round(performance.now() - t0) + " ms";
       $("#prev").disabled = $("#first").disabled = stack.length === 0;
       $("#next").disabled = !next;
@@ -173,7 +175,7 @@
     const poll = every(4000, load);
     const restart = () => { stack = []; cursor = ""; poll.now(); };
     let typing;
-    form.addEventListener("input", e => { clearTimeout(typing); typing = setTimeout(restart, e.target.type === "search" ? 250 : 0); });
+    form.addEventListener("input", e => { clearTimeout(typing); typing = setTimeout(restart, e.target.tagName === "INPUT" ? 250 : 0); });
     form.addEventListener("submit", e => { e.preventDefault(); restart(); });
     $("#next").addEventListener("click", () => { if (!next) return; stack.push(cursor); cursor = next; poll.now(); });
     $("#prev").addEventListener("click", () => { cursor = stack.pop() || ""; poll.now(); });

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -218,9 +217,9 @@ func (s *Store) ListDevices(ctx context.Context, opt store.ListOptions) ([]store
 			return err
 		}
 		for rows.Next() {
-			var fw sql.NullString
-			d, err := scanDevice(sqldb.WithFirmware{Scanner: rows, FW: &fw})
-			d.Firmware = sqldb.Firmware(fw)
+			var x sqldb.Listed
+			d, err := scanDevice(x.Wrap(rows))
+			x.Fill(&d)
 			if err != nil {
 				rows.Close()
 				return err

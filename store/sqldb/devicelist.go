@@ -98,7 +98,10 @@ func sortCol(s store.DeviceSort) string {
 	return ""
 }
 
-// DeviceList returns the query selecting cols plus FirmwareCol (last) of the
+// ownerCol is the user name of the device's current owner (NULL for none).
+const ownerCol = `(SELECT u.username FROM ownership_epochs e JOIN account_users u ON u.id = e.user_id WHERE e.device_id = devices.id AND e.until = 0)`
+
+// DeviceList returns the query selecting cols plus the listing's own columns (Listed) of the
 // devices o selects, in its order, one page.
 func DeviceList(d Dialect, cols string, o store.ListOptions, limit int) (string, []any, error) {
 	if !o.Sort.Valid() {
@@ -132,7 +135,7 @@ func DeviceList(d Dialect, cols string, o store.ListOptions, limit int) (string,
 		}
 		order = col + " " + dir + ", " + nameCol(d) + " " + dir
 	}
-	q := "SELECT " + cols + ", " + FirmwareCol + " FROM devices" + b.whereSQL() + " ORDER BY " + order + " LIMIT " + b.arg(limit)
+	q := "SELECT " + cols + ", " + FirmwareCol + ", " + ownerCol + " FROM devices" + b.whereSQL() + " ORDER BY " + order + " LIMIT " + b.arg(limit)
 	return rebind(d, q), b.args, nil
 }
 
@@ -162,15 +165,29 @@ func summaryExpiry(d Dialect, buckets []store.ExpiryBucket) (string, []any) {
 // Scanner is a row of either backend.
 type Scanner interface{ Scan(dest ...any) error }
 
-// WithFirmware scans a row selected by List: the backend's device columns
-// into the destinations its scanner passes, and FirmwareCol into FW.
-type WithFirmware struct {
-	Scanner
-	FW *sql.NullString
+// Listed holds the columns a listing adds to a backend's device columns.
+type Listed struct {
+	fw, owner sql.NullString
 }
 
-// Scan implements Scanner.
-func (w WithFirmware) Scan(dest ...any) error { return w.Scanner.Scan(append(dest, w.FW)...) }
+// Wrap returns a scanner that scans a DeviceList row: the backend's device
+// columns into the destinations its caller passes, then the listing's own.
+func (l *Listed) Wrap(s Scanner) Scanner { return listedRow{s, l} }
+
+// Fill sets the listing's fields of d.
+func (l *Listed) Fill(d *store.Device) {
+	d.Firmware = Firmware(l.fw)
+	d.Owner = l.owner.String
+}
+
+type listedRow struct {
+	Scanner
+	l *Listed
+}
+
+func (r listedRow) Scan(dest ...any) error {
+	return r.Scanner.Scan(append(dest, &r.l.fw, &r.l.owner)...)
+}
 
 // Firmware decodes the stored JSON text of the fw_version attribute; a
 // value that is not a JSON string is shown as it was stored.

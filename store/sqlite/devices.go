@@ -217,9 +217,9 @@ func (s *Store) ListDevices(ctx context.Context, opt store.ListOptions) ([]store
 	}
 	var out []store.Device
 	for rows.Next() {
-		var fw sql.NullString
-		d, err := scanDevice(sqldb.WithFirmware{Scanner: rows, FW: &fw})
-		d.Firmware = sqldb.Firmware(fw)
+		var x sqldb.Listed
+		d, err := scanDevice(x.Wrap(rows))
+		x.Fill(&d)
 		if err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("sqlite: listing devices: %w", err)
