@@ -280,6 +280,23 @@ func TestConsoleLiveDevice(t *testing.T) {
 	)
 	screenshot(t, ctx, "overview")
 
+	// On a phone: nothing wider than the screen but the tables' own
+	// scrolling boxes.
+	run(t, ctx, "phone",
+		chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile),
+		chromedp.Navigate(base+"/console/devices/"+sn),
+		waitJS(`document.querySelectorAll(".chart svg path.line").length >= 2`),
+		waitJS(`document.documentElement.scrollWidth <= 390`),
+	)
+	screenshot(t, ctx, "phone-device")
+	run(t, ctx, "phone list",
+		chromedp.Navigate(base+"/console/devices"),
+		waitJS(`document.querySelectorAll("#rows tr a").length === 3`),
+		waitJS(`document.documentElement.scrollWidth <= 390`),
+	)
+	screenshot(t, ctx, "phone-devices")
+	run(t, ctx, "desktop again", chromedp.EmulateReset())
+
 	// Signing out ends the session: the API proxy refuses the old cookie's
 	// absence and pages go back to the sign-in.
 	run(t, ctx, "sign out",

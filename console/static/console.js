@@ -295,7 +295,14 @@
           h("tbody", {}, keys.length ? keys.map(k => h("tr", {}, h("td", {}, k), h("td", { class: "mono" }, JSON.stringify(kv[k].value)), h("td", {}, timeEl(kv[k].lastUpdateTs)),
             editable ? h("td", {}, h("button", { type: "button", class: "ghost", "aria-label": "Edit " + k, onclick: () => {
               $("#a-scope").value = scope; $("#a-key").value = k; $("#a-value").value = JSON.stringify(kv[k].value); $("#a-value").focus();
-            } }, "Edit")) : null)) : empty(editable ? 4 : 3, "none"))));
+            } }, "Edit"), " ", h("button", { type: "button", class: "danger", "aria-label": "Delete " + k, onclick: async () => {
+              if (!confirm("Delete the " + scope + " attribute " + k + "?")) return;
+              try {
+                const r = await api("DELETE", base + "/attributes?scope=" + scope + "&keys=" + enc(k));
+                status("Deleted" + (r && r.pushed ? " and told the device" : ""));
+                await load();
+              } catch (err) { status(err.message, true); }
+            } }, "Delete")) : null)) : empty(editable ? 4 : 3, "none"))));
       }
       fill($("#attrs"), out);
     };
