@@ -72,6 +72,7 @@ type Server struct {
 	met    *apiMetrics
 	// Failed logins per account and per source address.
 	loginsUser, loginsAddr *account.Limiter
+	ownerWatch             ownerWatch // ownership changes, for live streams
 	crl                    crlCache
 }
 
@@ -149,6 +150,7 @@ func New(cfg Config) *Server {
 		{Method: "POST", Pattern: "/api/v1/factory/events", Access: Admin, h: s.addUnitEvents},
 	}
 	s.routes = append(s.routes, s.accountRoutes()...)
+	s.routes = append(s.routes, s.ownershipRoutes()...)
 	for _, rt := range s.routes {
 		rt.query = queries[rt.Method+" "+rt.Pattern]
 		s.mux.Handle(rt.Method+" "+rt.Pattern, s.wrap(rt))

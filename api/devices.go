@@ -70,20 +70,28 @@ func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := s.cfg.Store.DeleteDevice(r.Context(), d.Name); err != nil {
+	if err := s.removeDevice(r.Context(), d); err != nil {
 		return err
 	}
-	// A deleted device must not keep streaming into a record that no
-	// longer exists: close its session wherever it is.
-	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// removeDevice deletes a device's record and data, closes its session
+// wherever it is (a deleted device must not keep streaming into a record
+// that no longer exists), and announces the deletion.
+func (s *Server) removeDevice(ctx context.Context, d store.Device) error {
+	if err := s.cfg.Store.DeleteDevice(ctx, d.Name); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_, err = s.cfg.Bus.Request(ctx, d.Name, bus.Command{Kind: bus.CommandDisconnect, Payload: json.RawMessage(`{"reason":"device deleted"}`)})
+	_, err := s.cfg.Bus.Request(cctx, d.Name, bus.Command{Kind: bus.CommandDisconnect, Payload: json.RawMessage(`{"reason":"device deleted"}`)})
 	if err != nil && !errors.Is(err, bus.ErrNoSession) {
 		s.cfg.Logger.Warn("api: disconnecting deleted device", "device", d.Name, "err", err)
 	}
 	note, _ := json.Marshal(map[string]string{"device": d.Name, "op": "deleted"})
-	s.cfg.Bus.Publish(r.Context(), bus.TopicDevices, note)
-	w.WriteHeader(http.StatusNoContent)
+	s.cfg.Bus.Publish(ctx, bus.TopicDevices, note)
 	return nil
 }
 

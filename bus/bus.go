@@ -35,6 +35,10 @@ const (
 	// when no acknowledgement came in time. The device's answer comes
 	// later, on any node, through the gateway's RPC hooks.
 	CommandRPCSend = "rpc-send"
+	// CommandClaimResult tells the device how its claim request ended:
+	// Payload: {"result":"SUCCESS"|"FAILURE"|…}, published on
+	// v1/devices/me/claim/response when the device subscribed; Reply: null.
+	CommandClaimResult = "claim-result"
 )
 
 // Command is addressed to one device.

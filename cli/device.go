@@ -128,6 +128,8 @@ interval. SIGUSR1 is the reset button: a factory reset.`,
 	f.DurationVar(&cfg.BackoffMax, "backoff-max", time.Minute, "longest delay between reconnection attempts")
 	f.DurationVar(&cfg.AttrEvery, "uptime-every", time.Minute, "period of the uptime client attribute")
 	f.DurationVar(&cfg.RotateWithin, "rotate-within", twin.DefaultRotateWithin, "ask the cloud for a new certificate when the current one expires within this (0: never)")
+	f.StringVar(&cfg.ClaimSecret, "claim-secret", "", "publish a claim request (v1/devices/me/claim) with this secret key once connected")
+	f.DurationVar(&cfg.ClaimWindow, "claim-window", 10*time.Minute, "how long the claim request stays open")
 	f.StringVar(&cfg.FirmwareVersion, "fw-version", twin.DefaultFirmwareVersion, "firmware version reported when the state names none")
 	f.StringVar(&cfg.Names.Cert, "cert-name", "device.crt", "certificate file in the image")
 	f.StringVar(&cfg.Names.Key, "key-name", "device.key", "private key file in the image")

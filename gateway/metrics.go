@@ -56,7 +56,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m.cuts = newCutsMetric()
 	m.byKind = map[string]prometheus.Counter{}
-	for _, k := range []string{"telemetry", "attributes", "attribute-request", "rpc-response", "rpc-request", "firmware-request"} {
+	for _, k := range []string{"telemetry", "attributes", "attribute-request", "rpc-response", "rpc-request", "firmware-request", "claim"} {
 		m.byKind[k] = m.messages.WithLabelValues(k)
 	}
 	if reg == nil {

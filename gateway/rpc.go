@@ -36,6 +36,8 @@ func (ss *session) handleCommand(ctx context.Context, cmd bus.Command) (json.Raw
 		return ss.sendPersistentRPC(ctx, cmd)
 	case bus.CommandAttributes:
 		return ss.pushAttributes(cmd.Payload)
+	case bus.CommandClaimResult:
+		return ss.claimResult(cmd.Payload)
 	case bus.CommandDisconnect:
 		var p struct {
 			Reason string `json:"reason"`

@@ -993,7 +993,12 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 		csr, err := parseCertRequest(pk.Payload)
 		w.fn = func(ctx context.Context) { ss.answerCertRequest(ctx, csr, err) }
 	case pubClaim:
-		w.reason, w.reasonStr = codeImplSpecific, "claiming is not supported"
+		req, err := parseClaim(pk.Payload)
+		if err != nil {
+			return ss.reject(w, badPayload, codePayloadFormat, err.Error())
+		}
+		w.fn = func(ctx context.Context) { ss.recordClaim(ctx, req) }
+		s.met.byKind["claim"].Inc()
 	case pubProvision:
 		w.fn = func(context.Context) {
 			ss.publish("/provision/response", []byte(`{"status":"FAILURE","errorMsg":"provisioning by key is not supported: connect with a device certificate"}`), 1)

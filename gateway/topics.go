@@ -113,6 +113,7 @@ const (
 	subRPCResponse                 // answers to client-side RPC
 	subFirmware                    // firmware chunks and errors (gateway/ota.go)
 	subCertResponse                // answers to certificate rotation requests
+	subClaimResponse               // the outcome of a claim request (gateway/claim.go)
 	subOther                       // accepted but nothing is ever sent (OTA, provisioning)
 	numSubKinds
 )
@@ -140,6 +141,8 @@ func classifyFilter(f string) (subKind, style, bool) {
 		return subFirmware, styleV2, true
 	case v1Prefix + "cert/response":
 		return subCertResponse, styleV1, true
+	case claimResponseTopic:
+		return subClaimResponse, styleV1, true
 	case "/provision/response", "v2/sw/response/+/chunk/+", "v2/sw/error":
 		return subOther, styleV1, true
 	}

@@ -20,10 +20,12 @@ import (
 
 // ThingsBoard device API topics the firmware uses.
 const (
-	TopicTelemetry   = "v1/devices/me/telemetry"
-	TopicAttributes  = "v1/devices/me/attributes"
-	TopicRPCRequest  = "v1/devices/me/rpc/request/"
-	TopicRPCResponse = "v1/devices/me/rpc/response/"
+	TopicTelemetry     = "v1/devices/me/telemetry"
+	TopicAttributes    = "v1/devices/me/attributes"
+	TopicRPCRequest    = "v1/devices/me/rpc/request/"
+	TopicRPCResponse   = "v1/devices/me/rpc/response/"
+	TopicClaim         = "v1/devices/me/claim"
+	TopicClaimResponse = "v1/devices/me/claim/response"
 )
 
 // FirmwareTitle is reported as the fw_title client attribute.
@@ -104,6 +106,8 @@ type cloudConfig struct {
 	ramp        func(context.Context) error // paces connection attempts; nil means none
 	logf        func(format string, args ...any)
 	minInterval time.Duration
+	claimSecret string // twin/claim.go
+	claimWindow time.Duration
 }
 
 // device is one twin's cloud side: its MQTT session, its sensor and its
@@ -131,6 +135,7 @@ type device struct {
 	nextTele   time.Time
 	nextAttr   time.Time
 	inflight   int
+	claimed    bool // the claim secret got a final answer (twin/claim.go)
 }
 
 func newDevice(id *Identity, cc *cloudConfig, st State, persist func(State) error) *device {
@@ -317,7 +322,7 @@ func (d *device) session(ctx context.Context, c *mqttConn) error {
 	stop := context.AfterFunc(ctx, func() { c.disconnect() })
 	defer stop()
 	rotates := d.rotateWithin > 0 && d.saveIdentity != nil
-	filters := []string{TopicRPCRequest + "+", TopicAttributes}
+	filters := []string{TopicRPCRequest + "+", TopicAttributes, TopicClaimResponse}
 	if rotates {
 		filters = append(filters, TopicCertResponse)
 	}
@@ -360,6 +365,11 @@ func (d *device) session(ctx context.Context, c *mqttConn) error {
 	}()
 	if err := d.send(c, TopicAttributes, attrs); err != nil {
 		return fmt.Errorf("reporting attributes: %w", err)
+	}
+	if claim := d.claimRequest(); claim != nil {
+		if err := d.send(c, TopicClaim, claim); err != nil {
+			return fmt.Errorf("claiming: %w", err)
+		}
 	}
 	d.cc.sched.schedule(d, now)
 	for {
@@ -425,6 +435,8 @@ func (d *device) handlePublish(c *mqttConn, topic string, payload []byte) error 
 		d.applyAttributes(payload)
 	case topic == TopicCertResponse:
 		d.deliverCertAnswer(payload)
+	case topic == TopicClaimResponse:
+		d.claimResponse(payload)
 	}
 	return nil
 }
@@ -438,6 +450,8 @@ type StateView struct {
 	FWVersion  string      `json:"fw_version"`
 	SSID       string      `json:"ssid,omitempty"`
 	Owner      string      `json:"owner,omitempty"`
+	Claim      string      `json:"claim,omitempty"` // the last final answer to a claim
+	Reset      bool        `json:"reset,omitempty"` // factory-reset, not claimed since
 	IntervalMs int64       `json:"interval_ms"`
 	UptimeS    int64       `json:"uptime_s"`
 	BootCount  int64       `json:"boot_count"`
@@ -450,7 +464,7 @@ func (d *device) view() StateView {
 	defer d.mu.Unlock()
 	v := StateView{
 		SN: d.id.SN, MAC: d.id.MAC, FWTitle: FirmwareTitle, FWVersion: d.fwVersion(),
-		Owner: d.st.Owner, IntervalMs: int64(d.interval() / time.Millisecond),
+		Owner: d.st.Owner, Claim: d.st.Claim, Reset: d.st.Reset, IntervalMs: int64(d.interval() / time.Millisecond),
 		UptimeS: int64(time.Since(d.bootAt) / time.Second), BootCount: d.st.BootCount,
 		PendingOTA: d.st.clone().PendingOTA, Connected: d.conn != nil,
 	}

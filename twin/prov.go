@@ -104,10 +104,10 @@ func (t *Twin) securityScheme(id *Identity) (security.Scheme, string, error) {
 // wifiprov.Provision) gave credentials the station accepted, then stops it
 // after ESP-IDF's cleanup delay and returns them.
 // The owner is the user id the app sent to OwnerEndpoint, if any.
-func (t *Twin) provision(ctx context.Context, id *Identity, s *Station) (_ *WiFiCredentials, owner string, _ error) {
+func (t *Twin) provision(ctx context.Context, id *Identity, s *Station) (_ *WiFiCredentials, owner string, assoc *Association, _ error) {
 	sec, secName, err := t.securityScheme(id)
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
 	var (
 		mu    sync.Mutex
@@ -127,7 +127,7 @@ func (t *Twin) provision(ctx context.Context, id *Identity, s *Station) (_ *WiFi
 		},
 	})
 	if err != nil {
-		return nil, "", fmt.Errorf("twin: provisioning: %w", err)
+		return nil, "", nil, fmt.Errorf("twin: provisioning: %w", err)
 	}
 	err = dev.AddCustomEndpoint(OwnerEndpoint, func(_ uint32, req []byte) ([]byte, error) {
 		if len(req) == 0 || len(req) > 64 || !utf8.Valid(req) {
@@ -139,7 +139,20 @@ func (t *Twin) provision(ctx context.Context, id *Identity, s *Station) (_ *WiFi
 		return []byte(id.SN), nil
 	})
 	if err != nil {
-		return nil, "", fmt.Errorf("twin: provisioning: %w", err)
+		return nil, "", nil, fmt.Errorf("twin: provisioning: %w", err)
+	}
+	err = dev.AddCustomEndpoint(wifiprov.AssocEndpoint, func(_ uint32, req []byte) ([]byte, error) {
+		user, secret, err := wifiprov.DecodeAssocRequest(req)
+		if err != nil {
+			return wifiprov.EncodeAssocResponse(wifiprov.AssocInvalidParam, id.SN), nil
+		}
+		mu.Lock()
+		assoc = &Association{UserID: user, Secret: secret}
+		mu.Unlock()
+		return wifiprov.EncodeAssocResponse(wifiprov.AssocSuccess, id.SN), nil
+	})
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("twin: provisioning: %w", err)
 	}
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -149,7 +162,7 @@ func (t *Twin) provision(ctx context.Context, id *Identity, s *Station) (_ *WiFi
 	case ProvSoftAP:
 		ln, err := net.Listen("tcp", t.cfg.ProvListen)
 		if err != nil {
-			return nil, "", fmt.Errorf("twin: provisioning listener: %w", err)
+			return nil, "", nil, fmt.Errorf("twin: provisioning listener: %w", err)
 		}
 		srv := httpd.NewServer(dev.Protocomm(), nil)
 		go func() { served <- srv.Serve(sctx, ln) }()
@@ -168,13 +181,13 @@ func (t *Twin) provision(ctx context.Context, id *Identity, s *Station) (_ *WiFi
 		if err == nil {
 			err = errors.New("service stopped")
 		}
-		return nil, "", fmt.Errorf("twin: provisioning over %s: %w", t.cfg.Prov, err)
+		return nil, "", nil, fmt.Errorf("twin: provisioning over %s: %w", t.cfg.Prov, err)
 	case <-ctx.Done():
-		return nil, "", ctx.Err()
+		return nil, "", nil, ctx.Err()
 	}
 	mu.Lock()
 	c := *creds
-	who := owner
+	who, as := owner, assoc
 	mu.Unlock()
 	t.cfg.Logf("provisioning: joined %q; stopping the service", c.SSID)
 	// The manager keeps serving until the phone has read the Connected
@@ -185,16 +198,16 @@ func (t *Twin) provision(ctx context.Context, id *Identity, s *Station) (_ *WiFi
 	case <-dev.Done():
 	case <-wait.C:
 	case <-ctx.Done():
-		return nil, "", ctx.Err()
+		return nil, "", nil, ctx.Err()
 	}
 	linger := time.NewTimer(t.cfg.CleanupDelay)
 	defer linger.Stop()
 	select {
 	case <-linger.C:
 	case <-ctx.Done():
-		return nil, "", ctx.Err()
+		return nil, "", nil, ctx.Err()
 	}
 	stop()
 	<-served
-	return &c, who, nil
+	return &c, who, as, nil
 }

@@ -33,6 +33,23 @@ type State struct {
 	PendingOTA *PendingOTA      `json:"pending_ota,omitempty"`
 	IntervalMs int64            `json:"interval_ms,omitempty"`
 	BootCount  int64            `json:"boot_count,omitempty"`
+	// Assoc is what the provisioning app handed over on cloud_user_assoc,
+	// forwarded to the cloud on each connection until it answers.
+	Assoc *Association `json:"assoc,omitempty"`
+	// Reset marks a factory reset not yet followed by a successful claim:
+	// the next claim or association says reset:true, so the cloud may give
+	// the device to another user (RainMaker's reset flag).
+	Reset bool `json:"reset,omitempty"`
+	// Claim is the last final answer to a claim request (SUCCESS, FAILURE,
+	// CLAIMED).
+	Claim string `json:"claim,omitempty"`
+}
+
+// Association is a user–node association in waiting: the user's id and the
+// one-time secret the app also sends to the cloud.
+type Association struct {
+	UserID string `json:"user_id"`
+	Secret string `json:"secret"`
 }
 
 // Provisioned tells whether the state holds Wi-Fi credentials.
@@ -47,6 +64,10 @@ func (s State) clone() State {
 	if s.PendingOTA != nil {
 		o := *s.PendingOTA
 		s.PendingOTA = &o
+	}
+	if s.Assoc != nil {
+		a := *s.Assoc
+		s.Assoc = &a
 	}
 	return s
 }
@@ -108,12 +129,13 @@ func SaveState(dir string, s State) error {
 
 // ResetState is the factory reset of a stopped twin (`thingline device
 // reset`): Wi-Fi credentials and runtime state go, the firmware version
-// stays because it belongs to the flashed application, not to NVS.
+// stays because it belongs to the flashed application, not to NVS, and the
+// reset is remembered so that the next claim is marked as one.
 func ResetState(dir string) error {
 	s, err := LoadState(dir)
 	if err != nil {
 		// A corrupt state is exactly what a reset must get rid of.
 		s = State{}
 	}
-	return SaveState(dir, State{FWVersion: s.FWVersion})
+	return SaveState(dir, State{FWVersion: s.FWVersion, Reset: true})
 }

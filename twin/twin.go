@@ -58,6 +58,12 @@ type Config struct {
 	// rotate.go); 0 never rotates. The CLI's default is DefaultRotateWithin.
 	RotateWithin time.Duration
 
+	// ClaimSecret makes the twin publish a ThingsBoard claim request with
+	// this secret once connected (and on each connection until the cloud
+	// gives a final answer), open for ClaimWindow (10 minutes by default).
+	ClaimSecret string
+	ClaimWindow time.Duration
+
 	Logf  func(format string, args ...any) // nil means silent
 	Stats *Stats                           // nil means private counters
 }
@@ -99,6 +105,7 @@ func (c *Config) defaults() {
 	setDur(&c.AttrEvery, 60*time.Second)
 	setDur(&c.Timeout, 10*time.Second)
 	setDur(&c.CleanupDelay, time.Second)
+	setDur(&c.ClaimWindow, 10*time.Minute)
 	if c.FirmwareVersion == "" {
 		c.FirmwareVersion = DefaultFirmwareVersion
 	}
@@ -137,6 +144,7 @@ func New(cfg Config) (*Twin, error) {
 		broker: b, keepalive: cfg.Keepalive, timeout: cfg.Timeout,
 		backoffMin: cfg.BackoffMin, backoffMax: cfg.BackoffMax, attrEvery: cfg.AttrEvery,
 		interval: cfg.Interval, fwVersion: cfg.FirmwareVersion, stats: cfg.Stats, logf: cfg.Logf,
+		claimSecret: cfg.ClaimSecret, claimWindow: cfg.ClaimWindow,
 	}
 	id, err := t.loadIdentity()
 	if err != nil {
@@ -342,7 +350,7 @@ func (t *Twin) boot(ctx context.Context) error {
 
 	station := &Station{Networks: t.cfg.Networks}
 	if !st.Provisioned() && t.cfg.Prov != ProvNone {
-		creds, owner, err := t.provision(pctx, id, station)
+		creds, owner, assoc, err := t.provision(pctx, id, station)
 		if err != nil {
 			return err
 		}
@@ -350,6 +358,9 @@ func (t *Twin) boot(ctx context.Context) error {
 		st.WiFi = creds
 		if owner != "" {
 			st.Owner = owner
+		}
+		if assoc != nil {
+			st.Assoc = assoc
 		}
 		if err := t.persist(st); err != nil {
 			return err

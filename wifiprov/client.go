@@ -351,6 +351,11 @@ type Options struct {
 	PollInterval time.Duration
 	// Progress, when set, receives a line per step.
 	Progress func(format string, args ...any)
+	// BeforeCredentials, when set, runs after the session and the custom
+	// data and before the credentials are sent: where an app associates
+	// the device with its user (Client.Associate) and decides whether to
+	// go on (an error stops the flow).
+	BeforeCredentials func(ctx context.Context, c *Client) error
 }
 
 // Outcome is everything Provision learned.
@@ -397,6 +402,11 @@ func Run(ctx context.Context, t protocomm.Transport, opts Options) (Outcome, err
 			return o, err
 		}
 		say("scan found %d networks", len(o.Networks))
+	}
+	if opts.BeforeCredentials != nil {
+		if err := opts.BeforeCredentials(ctx, c); err != nil {
+			return o, err
+		}
 	}
 	if err := c.SetConfig(ctx, opts.SSID, opts.Passphrase); err != nil {
 		return o, err
