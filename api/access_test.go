@@ -53,6 +53,7 @@ var expected = map[Access]map[string]string{
 const testAdminToken = "test-admin-token"
 
 type accessFixture struct {
+	st     store.Store
 	srv    *httptest.Server
 	tokens map[string]string
 	device string
@@ -68,7 +69,7 @@ func newAccessFixture(t *testing.T) *accessFixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	f := &accessFixture{tokens: map[string]string{callerAdminToken: testAdminToken}, device: "SN-000001"}
+	f := &accessFixture{st: st, tokens: map[string]string{callerAdminToken: testAdminToken}, device: "SN-000001"}
 	dev, _, _, err := st.EnsureDevice(ctx, store.Device{Name: f.device, Profile: "default"}, store.Credential{Serial: "1", SHA256: "aa"}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -242,3 +243,53 @@ func TestTokenScopes(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// TestStreamFilter: a live stream shows an owner their device from their
+// epoch on, and stops at once when the device changes hands.
+func TestStreamFilter(t *testing.T) {
+	f := newAccessFixture(t)
+	ctx := context.Background()
+	s := f.srv.Config.Handler.(*Server)
+	req := func(caller string) *http.Request {
+		r := httptest.NewRequest("GET", "/api/v1/devices", nil)
+		r.Header.Set("Authorization", "Bearer "+f.tokens[caller])
+		r, err := s.withView(r, route{Method: "GET", Pattern: "/api/v1/devices", Access: Self})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	dev, err := f.st.GetDevice(ctx, f.device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := f.st.CurrentOwner(ctx, dev.ID, dev.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	since := ep.Since.UnixMilli()
+	owner, stranger, staff := s.streamFilter(req(callerOwner)), s.streamFilter(req(callerStranger)), s.streamFilter(req(callerOperator))
+	if !owner(f.device, since) || owner(f.device, since-1) || owner("SN-OTHER", since) {
+		t.Error("owner's filter: wrong bounds")
+	}
+	if stranger(f.device, since) || !staff(f.device, 0) {
+		t.Error("stranger sees the device, or staff does not")
+	}
+	// The device is reset and claimed by the stranger: the owner's filter
+	// must refuse at once, though it cached its answer.
+	su, _ := f.st.GetUserByName(ctx, callerStranger)
+	f.st.PutClaimRequest(ctx, store.ClaimRequest{DeviceID: dev.ID, DeviceName: dev.Name, Kind: store.ClaimDevice,
+		SecretHash: account.HashSecret("r"), Reset: true, ExpiresAt: time.Now().Add(time.Minute)})
+	if _, _, err := f.st.Claim(ctx, store.Claim{DeviceID: dev.ID, DeviceName: dev.Name, UserID: su.ID, Kind: store.ClaimDevice,
+		SecretHash: account.HashSecret("r"), Policy: store.OwnershipPolicy{OnReset: store.PolicyTransfer}, At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	s.ownersChanged(ctx, f.device, store.OutcomeTransferred)
+	now := time.Now().UnixMilli() + 1
+	if owner(f.device, now) {
+		t.Error("the previous owner's stream still shows the device")
+	}
+	if !s.streamFilter(req(callerStranger))(f.device, now) {
+		t.Error("the new owner's stream does not show the device")
+	}
+}

@@ -121,13 +121,14 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request, name, kind, secre
 		Kind: kind, SecretHash: h[:], Policy: pol, At: time.Now()})
 	if err != nil {
 		if errors.Is(err, store.ErrNoClaim) || errors.Is(err, store.ErrWrongSecret) || errors.Is(err, store.ErrOwned) {
-			s.tellDevice(ctx, d.Name, "FAILURE", err)
+			// The device is not told: a user's wrong guess leaves its
+			// request open for the right one.
 			claimFailure(w, err)
 			return nil
 		}
 		return err
 	}
-	s.tellDevice(ctx, d.Name, "SUCCESS", nil)
+	s.tellDevice(ctx, d.Name, "SUCCESS")
 	s.ownersChanged(ctx, d.Name, outcome)
 	if outcome == store.OutcomeDelete {
 		// Case B under the delete policy: the record goes with its data;
@@ -144,12 +145,8 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request, name, kind, secre
 // tellDevice publishes a claim's outcome to the device wherever its
 // session is. A device offline or not listening misses it, as it would
 // under ThingsBoard, and learns its owner from the next claim it makes.
-func (s *Server) tellDevice(ctx context.Context, name, result string, cause error) {
-	m := map[string]string{"result": result}
-	if errors.Is(cause, store.ErrOwned) {
-		m["result"] = "CLAIMED"
-	}
-	payload, _ := json.Marshal(m)
+func (s *Server) tellDevice(ctx context.Context, name, result string) {
+	payload, _ := json.Marshal(map[string]string{"result": result})
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	_, err := s.cfg.Bus.Request(ctx, name, bus.Command{Kind: bus.CommandClaimResult, Payload: payload, TimeoutMs: 5000})
@@ -244,7 +241,15 @@ func (s *Server) owners(w http.ResponseWriter, r *http.Request) error {
 	if audit == nil {
 		audit = []store.AuditEntry{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"device": name, "owners": es, "audit": audit})
+	resp := map[string]any{"device": name, "owners": es, "audit": audit}
+	// A claim request in waiting, for support ("the app says it is
+	// claiming; did the device ask?"). The secret's hash stays inside.
+	if d, err := s.cfg.Store.GetDevice(r.Context(), name); err == nil {
+		if cr, err := s.cfg.Store.GetClaimRequest(r.Context(), d.ID, time.Now()); err == nil {
+			resp["pendingClaim"] = map[string]any{"kind": cr.Kind, "reset": cr.Reset, "createdAt": cr.CreatedAt, "expiresAt": cr.ExpiresAt}
+		}
+	}
+	writeJSON(w, http.StatusOK, resp)
 	return nil
 }
 

@@ -27,6 +27,8 @@ func newProvisionCmd() *cobra.Command {
 		custom             []string
 		timeout, pollEvery time.Duration
 		serviceUUID        string
+		owner              ownerFlow
+		userToken, apiURL  string
 	)
 	c := &cobra.Command{
 		Use:   "provision",
@@ -35,9 +37,16 @@ func newProvisionCmd() *cobra.Command {
 against a device (or a device twin): protocol version, secure session
 (security 0, 1 with a proof of possession, or 2 with SRP username and
 password), optional custom data and scan, then the credentials, and waits
-until the device has joined the network or failed.`,
+until the device has joined the network or failed.
+
+With --user-token and --api it also does the app's part of ownership: it
+asks the cloud whose device this is (yours, unowned, someone else's), hands
+the device your user id and a one-time secret over the cloud_user_assoc
+endpoint before the credentials, and once the device is online claims it
+with the same secret (POST /api/v1/claims).`,
 		Example: `  thingline provision --transport softap --service 192.168.4.1:80 --sec 1 --pop abcd1234 --ssid home --passphrase secret
-  thingline provision --transport ble --service PROV_1A2B3C --sec 2 --sec2-user wifiprov --sec2-pass abcd1234 --ssid home --passphrase secret`,
+  thingline provision --transport ble --service PROV_1A2B3C --sec 2 --sec2-user wifiprov --sec2-pass abcd1234 --ssid home --passphrase secret
+  thingline provision --service 192.168.4.1:80 --pop abcd1234 --ssid home --passphrase secret --user-token tls_… --api https://cloud.example`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if ssid == "" {
@@ -54,6 +63,14 @@ until the device has joined the network or failed.`,
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
 			out := cmd.OutOrStdout()
+			var before func(context.Context, *wifiprov.Client) error
+			if userToken != "" || apiURL != "" {
+				if userToken == "" || apiURL == "" {
+					return errors.New("provision: --user-token and --api go together")
+				}
+				owner.api.server, owner.api.token, owner.out = apiURL, userToken, out
+				before = owner.beforeCredentials
+			}
 
 			var t protocomm.Transport
 			switch transport {
@@ -81,7 +98,7 @@ until the device has joined the network or failed.`,
 			o, err := wifiprov.Run(ctx, t, wifiprov.Options{
 				Credentials: wifiprov.Credentials{Security: sec, PoP: pop, Username: user, Password: pass},
 				SSID:        ssid, Passphrase: passphrase, Scan: scan, Custom: cd,
-				PollInterval: pollEvery,
+				PollInterval: pollEvery, BeforeCredentials: before,
 				Progress: func(format string, args ...any) {
 					fmt.Fprintf(out, format+"\n", args...)
 				},
@@ -97,6 +114,9 @@ until the device has joined the network or failed.`,
 				return fmt.Errorf("provision: %w", err)
 			}
 			fmt.Fprintf(out, "provisioned: %s\n", o.Status)
+			if before != nil {
+				return owner.claim(ctx, pollEvery)
+			}
 			return nil
 		},
 	}
@@ -113,6 +133,9 @@ until the device has joined the network or failed.`,
 	f.BoolVar(&scan, "scan", false, "list the networks the device sees first")
 	f.StringArrayVar(&custom, "custom", nil, "ENDPOINT=DATA sent to a custom endpoint after the session is up (repeatable)")
 	f.DurationVar(&timeout, "timeout", 2*time.Minute, "give up after this long")
+	f.StringVar(&userToken, "user-token", "", "the user's API or session token: associate the device with that user")
+	f.StringVar(&apiURL, "api", "", "the cloud's API base URL, with --user-token")
+	f.StringVar(&owner.api.caFile, "api-ca-file", "", "PEM bundle that verifies an https --api")
 	f.DurationVar(&pollEvery, "poll", time.Second, "interval between status requests")
 	return c
 }

@@ -35,8 +35,10 @@ func (d *device) claimRequest() []byte {
 	return b
 }
 
-// claimResponse takes the cloud's answer: PENDING is logged; a final answer
-// ends the claim, and SUCCESS also ends the reset's mark.
+// claimResponse takes the cloud's answer. SUCCESS and CLAIMED (owned by
+// someone, no reset) are final: the claim ends, and SUCCESS also ends the
+// reset's mark. PENDING and FAILURE (the cloud could not record it) leave
+// the claim to be sent again on the next connection.
 func (d *device) claimResponse(payload []byte) {
 	var r struct {
 		Result string `json:"result"`
@@ -45,7 +47,7 @@ func (d *device) claimResponse(payload []byte) {
 		return
 	}
 	d.cc.logf("%s: claim: %s", d.id.SN, strings.TrimSpace(string(payload)))
-	if r.Result == "PENDING" {
+	if r.Result != "SUCCESS" && r.Result != "CLAIMED" {
 		return
 	}
 	d.mu.Lock()
