@@ -107,14 +107,14 @@ func validID(id string) bool {
 type subKind uint8
 
 const (
-	subAttributes   subKind = iota // shared attribute updates
-	subAttrResponse                // answers to attribute requests
-	subRPCRequest                  // server-side RPC requests
-	subRPCResponse                 // answers to client-side RPC
-	subFirmware                    // firmware chunks and errors (gateway/ota.go)
-	subCertResponse                // answers to certificate rotation requests
-	subClaimResponse               // the outcome of a claim request (gateway/claim.go)
-	subOther                       // accepted but nothing is ever sent (OTA, provisioning)
+	subAttributes    subKind = iota // shared attribute updates
+	subAttrResponse                 // answers to attribute requests
+	subRPCRequest                   // server-side RPC requests
+	subRPCResponse                  // answers to client-side RPC
+	subFirmware                     // firmware chunks and errors (gateway/ota.go)
+	subCertResponse                 // answers to certificate rotation requests
+	subClaimResponse                // the outcome of a claim request (gateway/claim.go)
+	subOther                        // accepted but nothing is ever sent (OTA, provisioning)
 	numSubKinds
 )
 
