@@ -14,6 +14,7 @@ import (
 
 	"github.com/thingline/thingline/factory"
 	"github.com/thingline/thingline/flash"
+	"github.com/thingline/thingline/pki"
 )
 
 func init() { registerFactory(factoryFlashCmd) }
@@ -80,7 +81,8 @@ default OUT/ledger.db when it exists).`,
 				if err != nil {
 					return err
 				}
-				if err := os.WriteFile(merged, img, 0o644); err != nil {
+				// The merged image holds the SPIFFS partition, key included.
+				if err := pki.WriteFileAtomic(merged, img, 0o600); err != nil {
 					return fmt.Errorf("factory: flash: writing merged image: %w", err)
 				}
 				fmt.Fprintf(out, "merged image: %s (%#x bytes, write at 0x0)\n", merged, len(img))
@@ -117,7 +119,7 @@ default OUT/ledger.db when it exists).`,
 	f.StringVar(&port, "port", "", "serial port of the unit (e.g. /dev/ttyUSB0)")
 	f.StringVar(&chip, "chip", "esp32", "target chip: esp32, esp32s2, esp32s3, esp32c2, esp32c3, esp32c5, esp32c6, esp32h2, esp32p4")
 	f.StringVar(&build, "build", "build", "ESP-IDF build directory")
-	f.StringVar(&unit, "unit", "", "unit directory OUT/<SN> made by `factory inject`")
+	f.StringVar(&unit, "unit", "", "unit directory OUT/<SN>, as factory inject makes it")
 	f.IntVar(&baud, "baud", 460800, "serial baud rate")
 	f.BoolVar(&dryRun, "dry-run", false, "print the esptool command instead of running it")
 	f.StringVar(&merged, "merged", "", "also write the plan as one merged image to FILE")

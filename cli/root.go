@@ -44,7 +44,23 @@ func NewRoot() *cobra.Command {
 	}
 	sort.Slice(cmds, func(i, j int) bool { return cmds[i].Name() < cmds[j].Name() })
 	root.AddCommand(cmds...)
+	strictGroups(root)
 	return root
+}
+
+// strictGroups makes every command group (a command with subcommands and
+// nothing to run of its own) runnable with no arguments, showing its help:
+// cobra otherwise shows the help and exits 0 for a mistyped subcommand
+// ("thingline factory injet"), which scripts cannot tell from success.
+// With NoArgs, the typo is an "unknown command" error and exit status 1.
+func strictGroups(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		strictGroups(sub)
+	}
+	if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+		c.Args = cobra.NoArgs
+		c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	}
 }
 
 // Main runs thingline with args and returns the process exit status.

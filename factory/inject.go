@@ -496,7 +496,8 @@ func (in *injector) makeUnitFiles(sn string, m *made) error {
 	files[ManifestFile] = append(manJSON, '\n')
 
 	dir := filepath.Join(opt.Out, sn)
-	if err := writeUnitDir(dir, files, map[string]bool{opt.KeyName: true}); err != nil {
+	// The key, the PoP (prov.json) and the image holding both are owner-only.
+	if err := writeUnitDir(dir, files, map[string]bool{opt.KeyName: true, ProvFile: true, ImageFile: true}); err != nil {
 		return err
 	}
 	m.path = dir
@@ -528,7 +529,8 @@ func writeUnitDir(dir string, files map[string][]byte, secret map[string]bool) e
 	if _, err := os.Lstat(dir); err == nil {
 		return fmt.Errorf("%s already exists", dir)
 	}
-	if err := os.Mkdir(tmp, 0o755); err != nil {
+	// Owner-only: the unit's key, PoP and image are inside.
+	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return err
 	}
 	names := make([]string, 0, len(files))

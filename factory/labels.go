@@ -69,7 +69,8 @@ func LabelUnit(ctx context.Context, l *Ledger, dir, operator string) (sn string,
 		name string
 		b    []byte
 	}{{LabelPNG, pngB}, {LabelPDF, pdfB}, {LabelZPL, zplB}} {
-		if err := pki.WriteFileAtomic(filepath.Join(dir, f.name), f.b, 0o644); err != nil {
+		// The provisioning QR code carries the PoP: owner-only until printed.
+		if err := pki.WriteFileAtomic(filepath.Join(dir, f.name), f.b, 0o600); err != nil {
 			return info.SN, fmt.Errorf("factory: label %s: %w", info.SN, err)
 		}
 	}
@@ -107,7 +108,7 @@ func LabelSheet(ctx context.Context, l *Ledger, path, batch, operator string) ([
 	if err != nil {
 		return nil, err
 	}
-	if err := pki.WriteFileAtomic(path, pdf, 0o644); err != nil {
+	if err := pki.WriteFileAtomic(path, pdf, 0o600); err != nil { // PoPs in the QR codes
 		return nil, fmt.Errorf("factory: label sheet: %w", err)
 	}
 	for _, sn := range sns {

@@ -87,4 +87,3 @@ func TestBadCommonNamesRefused(t *testing.T) {
 		t.Errorf("devices after the refusals: %q, want only the 128-byte one", names)
 	}
 }
-
