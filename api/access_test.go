@@ -132,6 +132,9 @@ func (f *accessFixture) call(t *testing.T, method, path, caller string) (string,
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusOK && strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		return allowed, resp.StatusCode, "" // an endless stream: its headers are the answer
+	}
 	b, _ := io.ReadAll(resp.Body)
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized && !strings.HasSuffix(path, "/auth/login"):

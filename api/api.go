@@ -50,6 +50,9 @@ type Config struct {
 	Registerer     prometheus.Registerer // for the API's own counters; nil: kept, not registered
 	// BodyTimeout bounds the reading of a request body; 0 means 30 s.
 	BodyTimeout time.Duration
+	// StreamKeepAlive is the period of the stream's keep-alive comments;
+	// 0 means 15 s.
+	StreamKeepAlive time.Duration
 	// Health reports whether the node is ready; nil means always.
 	Health func(ctx context.Context) error
 	// SessionTTL is the lifetime of a login's session token; default 1 h.
@@ -148,6 +151,17 @@ func New(cfg Config) *Server {
 		{Method: "GET", Pattern: "/api/v1/factory/batches", Access: Staff, h: s.listBatches},
 		{Method: "GET", Pattern: "/api/v1/factory/stations", Access: Staff, h: s.stationReport},
 		{Method: "POST", Pattern: "/api/v1/factory/events", Access: Admin, h: s.addUnitEvents},
+		{Method: "GET", Pattern: "/api/v1/alarms", Access: DeviceState, h: s.listAlarms},
+		{Method: "GET", Pattern: "/api/v1/alarms/{id}", Access: Staff, h: s.getAlarm},
+		{Method: "POST", Pattern: "/api/v1/alarms/{id}/ack", Access: Staff, h: s.ackAlarm},
+		{Method: "POST", Pattern: "/api/v1/alarms/{id}/clear", Access: Staff, h: s.clearAlarm},
+		{Method: "GET", Pattern: "/api/v1/devices/{name}/state", Access: DeviceState, h: s.deviceState},
+		{Method: "GET", Pattern: "/api/v1/profiles/{profile}/alarm-rules", Access: Staff, h: s.listAlarmRules},
+		{Method: "POST", Pattern: "/api/v1/profiles/{profile}/alarm-rules", Access: Admin, h: s.addAlarmRule},
+		{Method: "DELETE", Pattern: "/api/v1/profiles/{profile}/alarm-rules/{id}", Access: Admin, h: s.deleteAlarmRule},
+		{Method: "GET", Pattern: "/api/v1/profiles/{profile}/settings", Access: Staff, h: s.getProfileSettings},
+		{Method: "PUT", Pattern: "/api/v1/profiles/{profile}/settings", Access: Admin, h: s.putProfileSettings},
+		{Method: "GET", Pattern: "/api/v1/stream", Access: Self, h: s.stream},
 	}
 	s.routes = append(s.routes, s.accountRoutes()...)
 	s.routes = append(s.routes, s.ownershipRoutes()...)

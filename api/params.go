@@ -12,7 +12,7 @@ import (
 
 // Query parameters are declared once, in openapi.json: a route accepts the
 // query parameters its operation documents and no others, each at most
-// once, an "integer" one only as a decimal int64 and one with an "enum"
+// once (unless of type "array"), an "integer" one only as a decimal int64 and one with an "enum"
 // only with a listed value. wrap applies this to every route, so a route
 // added to the table and the document gets the checks without code of its
 // own; its handler still checks ranges and meaning.
@@ -77,7 +77,7 @@ func checkQuery(r *http.Request, declared []queryParam) error {
 			}
 			return errorf(http.StatusBadRequest, "unknown query parameter %q: this route takes %s", name, strings.Join(names, ", "))
 		}
-		if len(vs) > 1 {
+		if len(vs) > 1 && declared[i].Schema.Type != "array" {
 			return errorf(http.StatusBadRequest, "query parameter %q given %d times", name, len(vs))
 		}
 		p := declared[i]

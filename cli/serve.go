@@ -86,6 +86,7 @@ with --admin-token or THINGLINE_ADMIN_TOKEN.`,
 	f.IntVar(&g.TakeoversPerMinute, "takeovers-per-minute", gateway.DefaultTakeoversPerMinute, "takeovers of one device's session allowed a minute; more are refused")
 	f.DurationVar(&g.MaxTimestampAhead, "max-ts-ahead", gateway.DefaultMaxTimestampAhead, "telemetry stamped further ahead of the server's clock is refused")
 	f.DurationVar(&g.MaxTimestampAge, "max-ts-age", 0, "telemetry stamped further behind the server's clock is refused (0: no bound)")
+	addOperationFlags(f, &cfg)
 	f.IntVar(&maxPayload, "max-payload", 65536, "largest accepted PUBLISH payload in bytes")
 	f.StringVar(&cfg.DeviceCAKey, "device-ca-key", "", "key of the first --device-ca: makes it the online issuing CA for certificate rotation and the server's CRL")
 	f.DurationVar(&cfg.Gateway.RotationGrace, "rotation-grace", gateway.DefaultRotationGrace, "how long a certificate replaced by a rotation stays valid before it is revoked")

@@ -35,6 +35,8 @@ type Config struct {
 	Logger         *slog.Logger
 	Registerer     prometheus.Registerer // nil: metrics are kept but not registered
 	Now            func() time.Time      // for tests; nil = time.Now
+	// Observer, if set, follows sessions for device state and alarms.
+	Observer Observer
 
 	// MaxHandshakes caps concurrent TLS handshakes; 0 means 512. A
 	// connection takes a slot only once its client has sent its first byte
@@ -440,6 +442,9 @@ func (s *Server) event(e store.Event) {
 		e.Time = s.now()
 	}
 	e.Node = s.node
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.Event(e)
+	}
 	defer func() {
 		// The queue is closed by Close; an event racing it is dropped.
 		if recover() != nil {

@@ -105,7 +105,8 @@ type session struct {
 	noProblem bool   // MQTT 5 client asked for no reason strings
 	will      *packets.Packet
 	hdr       [1]byte
-	keys      keyCache // of the reading goroutine, for the JSON parser
+	obs       SessionObserver // set in connect, before any message is handled
+	keys      keyCache        // of the reading goroutine, for the JSON parser
 
 	pid atomic.Uint32 // outbound packet ids
 
@@ -808,6 +809,7 @@ func (ss *session) connect(pk *packets.Packet) (bool, error) {
 	if err := s.st.SetOnline(ctx, ss.dev.ID, s.node, true, ss.addr, now); err != nil {
 		s.log.Warn("gateway: setting device online", "device", ss.dev.Name, "err", err)
 	}
+	ss.observeStart(ctx, now)
 	s.event(store.Event{Device: ss.dev.Name, Kind: store.EventConnect, Addr: ss.addr, Time: now,
 		Detail: json.RawMessage(fmt.Sprintf(`{"protocol":%d,"serial":%q}`, ss.ver, ss.serial))})
 	return true, nil
@@ -1038,10 +1040,14 @@ func (ss *session) badInput(reason, msg string) {
 		ss.badCounts = map[string]int64{}
 	}
 	ss.badCounts[reason]++
+	obs := ss.obs
 	if ss.badTimer == nil {
 		ss.badTimer = time.AfterFunc(0, ss.flushCounters)
 	}
 	ss.mu.Unlock()
+	if obs != nil {
+		obs.Rejected(reason, s.now())
+	}
 	// Limited per device: devices behind one NAT share an address.
 	if s.limited(ss.dev.Name, "bad-input") {
 		s.met.eventsDropped.Inc()
@@ -1202,6 +1208,9 @@ func (ss *session) process(q []*work) bool {
 	if len(recs) > 0 {
 		ss.publishLive(ctx, recs)
 	}
+	if ss.obs != nil {
+		ss.obs.Handled(recs, s.now())
+	}
 	return true
 }
 
@@ -1306,6 +1315,7 @@ func (ss *session) finish(registered, abnormal bool) {
 			s.log.Warn("gateway: setting device offline", "device", ss.dev.Name, "err", err)
 		}
 	}
+	ss.observeEnd(ctx, now, takenOver)
 	// Leave the session table only now: a reconnect arriving meanwhile
 	// finds this session, takes it over and waits for finished, so its
 	// "online" cannot be overwritten by this "offline".

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/thingline/thingline/alarm"
 	"github.com/thingline/thingline/api"
 	"github.com/thingline/thingline/bus"
 	"github.com/thingline/thingline/bus/inproc"
@@ -34,6 +35,7 @@ import (
 	"github.com/thingline/thingline/console"
 	"github.com/thingline/thingline/gateway"
 	"github.com/thingline/thingline/pki"
+	"github.com/thingline/thingline/retention"
 	"github.com/thingline/thingline/rpc"
 	"github.com/thingline/thingline/store"
 	"github.com/thingline/thingline/store/postgres"
@@ -65,6 +67,12 @@ type Config struct {
 	// CertMonitor holds the certificate monitor's settings (expiry
 	// threshold, sweep periods); its store, bus, node and logger are the node's.
 	CertMonitor certmon.Config
+	// Alarms configures device state and alarms (store, bus, node and
+	// logger are the node's).
+	Alarms alarm.Config
+	// Retention configures the removal of old telemetry and events (store
+	// and node are the node's).
+	Retention retention.Config
 	// APIBodyTimeout bounds the reading of a REST request body; 0 means 30 s.
 	APIBodyTimeout time.Duration
 	Logger         *slog.Logger
@@ -84,6 +92,8 @@ type Node struct {
 	httpLn  net.Listener
 	httpSrv *http.Server
 	token   string // only set when the node made it or was given it
+	alarms  *alarm.Engine
+	retain  *retention.Engine
 	pkiDir  string
 	// serverCert is the server certificate's leaf, for DeviceAddr.
 	serverCert *x509.Certificate
@@ -221,6 +231,10 @@ func (n *Node) start(ctx context.Context) (err error) {
 	if issuer != nil {
 		gwCfg.Issuer = issuer
 	}
+	if gwCfg.Observer, err = n.startAlarms(ctx); err != nil {
+		return startErr("starting alarms", err, "check the store named in the error")
+	}
+	n.startRetention()
 	n.gw, err = gateway.New(gwCfg)
 	if err != nil {
 		return startErr("starting the device gateway", err, "check the store and bus named in the error")
@@ -450,6 +464,12 @@ func (n *Node) Close() error {
 		errs = append(errs, n.gw.Close())
 	} else if n.mqttLn != nil {
 		n.mqttLn.Close()
+	}
+	if n.alarms != nil {
+		n.alarms.Close()
+	}
+	if n.retain != nil {
+		n.retain.Close()
 	}
 	if n.bus != nil {
 		errs = append(errs, n.bus.Close())

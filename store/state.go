@@ -214,6 +214,13 @@ type Retention interface {
 	DeleteEventsBefore(ctx context.Context, q EventPurge) (removed int64, more bool, err error)
 }
 
+// Leases lets one node of many do a periodic job at a time.
+type Leases interface {
+	// TryLease takes or renews the named lease for holder until ttl from
+	// now; ok is false while another holder's lease runs.
+	TryLease(ctx context.Context, name, holder string, ttl time.Duration) (ok bool, err error)
+}
+
 // EventPurge selects events to remove.
 type EventPurge struct {
 	Before time.Time

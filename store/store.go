@@ -39,6 +39,7 @@ type Store interface {
 	DeviceStates
 	Profiles
 	Retention
+	Leases
 	OTA
 	Accounts
 	Ownership

@@ -35,6 +35,13 @@ CREATE TABLE alarm_rules (
 	rule TEXT NOT NULL
 );
 CREATE INDEX alarm_rules_profile ON alarm_rules(profile, id)`})
+	// Leases: one node of many runs a periodic job (retention) at a time.
+	Register(Migration{Name: "state/002", SQL: `
+CREATE TABLE leases (
+	name TEXT PRIMARY KEY,
+	holder TEXT NOT NULL,
+	until_ns BIGINT NOT NULL
+)`})
 	RegisterPurge(func(ctx context.Context, tx *Tx, device int64) error {
 		_, err := tx.Exec(ctx, "DELETE FROM device_state WHERE device_id=?", device)
 		return err
@@ -239,4 +246,18 @@ func unixNS(t time.Time) int64 {
 		return 0
 	}
 	return t.UnixNano()
+}
+
+// TryLease implements store.Leases: one upsert that takes the lease only
+// when it is free, expired or already the holder's.
+func (t *Tables) TryLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
+	now := time.Now()
+	res, err := t.db.Exec(ctx, `INSERT INTO leases(name, holder, until_ns) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET holder=excluded.holder, until_ns=excluded.until_ns
+WHERE leases.until_ns < ? OR leases.holder = excluded.holder`, name, holder, now.Add(ttl).UnixNano(), now.UnixNano())
+	if err != nil {
+		return false, fmt.Errorf("sqldb: taking lease %s: %w", name, err)
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
 }

@@ -116,6 +116,30 @@ func testProfiles(t *testing.T, s store.Store) {
 	}
 }
 
+func testLeases(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	for _, c := range []struct {
+		holder string
+		ttl    time.Duration
+		want   bool
+	}{
+		{"a", time.Hour, true},
+		{"b", time.Hour, false}, // a holds it
+		{"a", time.Hour, true},  // renewed by its holder
+		{"a", -time.Second, true},
+		{"b", time.Hour, true}, // expired: taken over
+		{"a", time.Hour, false},
+	} {
+		ok, err := s.TryLease(ctx, "job", c.holder, c.ttl)
+		if err != nil || ok != c.want {
+			t.Fatalf("TryLease(%s, %v) = %v, %v; want %v", c.holder, c.ttl, ok, err, c.want)
+		}
+	}
+	if ok, err := s.TryLease(ctx, "other-job", "a", time.Hour); err != nil || !ok {
+		t.Fatalf("another lease: %v, %v", ok, err)
+	}
+}
+
 func testRetention(t *testing.T, s store.Store) {
 	ctx := ctxT(t)
 	d := mustDevice(t, s, "aging")

@@ -53,6 +53,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("DeviceStates", func(t *testing.T) { testDeviceStates(t, open(t)) })
 	t.Run("Profiles", func(t *testing.T) { testProfiles(t, open(t)) })
 	t.Run("Retention", func(t *testing.T) { testRetention(t, open(t)) })
+	t.Run("Leases", func(t *testing.T) { testLeases(t, open(t)) })
 	t.Run("Accounts", func(t *testing.T) { testAccounts(t, open(t)) })
 	t.Run("Ownership", func(t *testing.T) { testOwnership(t, open(t)) })
 	t.Run("RPC", func(t *testing.T) { testRPC(t, open(t)) })

@@ -20,8 +20,8 @@ var forbidden = map[string][]string{
 	"bus":   {"gateway", "api", "node", "store", "twin", "factory"},
 	// The shared SQL tables are part of the backends: only they import it.
 	"store/sqldb": {"gateway", "api", "node", "bus", "twin", "factory", "store/sqlite", "store/postgres"},
-	"gateway":     {"api", "node", "twin", "factory", "alarm", "ota", "certmon", "rpc", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
-	"api":         {"gateway", "node", "twin", "alarm", "ota", "certmon", "rpc", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
+	"gateway":     {"api", "node", "twin", "factory", "alarm", "ota", "certmon", "rpc", "retention", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
+	"api":         {"gateway", "node", "twin", "alarm", "ota", "certmon", "rpc", "retention", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
 	"pki":         {"gateway", "api", "node", "store", "bus", "twin", "factory"},
 	"spiffs":      {"gateway", "api", "node", "store", "bus", "twin", "factory", "pki"},
 	"parttable":   {"gateway", "api", "node", "store", "bus", "twin", "factory", "pki", "spiffs"},
@@ -45,7 +45,8 @@ var forbidden = map[string][]string{
 	// Accounts are a leaf the API uses: hashing, token secrets, limits.
 	"account": {"gateway", "api", "node", "bus", "twin", "factory", "store/sqlite", "store/postgres", "store/sqldb"},
 	// Persistent RPC runs beside the gateway, wired to it by node.
-	"rpc": {"gateway", "api", "node", "twin", "factory", "alarm", "ota", "certmon", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
+	"rpc":       {"gateway", "api", "node", "twin", "factory", "alarm", "ota", "certmon", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
+	"retention": {"gateway", "api", "node", "bus", "twin", "factory", "store/sqlite", "store/postgres", "store/sqldb"},
 }
 
 func TestForbiddenImports(t *testing.T) {

@@ -141,7 +141,9 @@ func revokeTwinAndExpectItOut(t *testing.T, api, holder *server, ca *pki.CA, sn 
 	}
 	// It keeps trying (backoff at most a second) and is refused every time.
 	tstest.CheckFor(t, 20*time.Second, 100*time.Millisecond, func() error {
-		var evs struct{ Events []struct{ Device, Reason string } }
+		var evs struct {
+			Events []struct{ Device, Reason string }
+		}
 		api.api("GET", "/api/v1/events?kind=refused&device="+sn, "", &evs)
 		n := 0
 		for _, e := range evs.Events {

@@ -1,0 +1,222 @@
+package alarm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/thingline/thingline/store"
+)
+
+// Session follows one device session on this node: its activity, the
+// state of each alarm rule of its profile and its refused messages. It is
+// the gateway's SessionObserver (through node's adapter).
+type Session struct {
+	e       *Engine
+	dev     store.Device
+	started time.Time
+
+	// mu guards the fields below; see Engine.mu for the order.
+	mu         sync.Mutex
+	last       time.Time // last activity
+	written    time.Time // last activity handed to the store
+	rules      map[int64]*ruleState
+	rejects    []time.Time // the latest refusals, at most BadInputLimit
+	badRaised  bool        // this session raised the bad-payload-rate alarm
+	badUnknown bool        // an earlier session may have left it active
+	ended      bool
+}
+
+// ruleState is where one rule stands for one device. The timers start at
+// the arrival of the first message meeting a condition, on this node's
+// clock; they live with the session, so a reconnect (or a restart) starts
+// them again.
+type ruleState struct {
+	value      json.RawMessage // the key's latest value
+	valueTS    int64
+	raiseSince time.Time // zero while the raise condition does not hold
+	clearSince time.Time
+	state      ruleAlarm
+}
+
+type ruleAlarm uint8
+
+const (
+	ruleUnknown ruleAlarm = iota // not known whether an alarm of the rule is active
+	ruleRaised
+	ruleCleared
+)
+
+// Handled implements the gateway's SessionObserver.
+func (s *Session) Handled(recs []store.Record, at time.Time) {
+	rules := s.e.rulesOf(s.dev.Profile)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if at.After(s.last) {
+		s.last = at
+	}
+	if len(recs) == 0 || len(rules) == 0 {
+		return
+	}
+	for _, r := range rules {
+		st := s.rules[r.ID]
+		for _, rec := range recs {
+			for _, kv := range rec.Values {
+				if kv.Key != r.Key {
+					continue
+				}
+				if st == nil {
+					st = &ruleState{}
+					s.rules[r.ID] = st
+				} else if rec.TS < st.valueTS {
+					continue // an older reading arriving late
+				}
+				st.value, st.valueTS = kv.Value, rec.TS
+			}
+		}
+		if st != nil {
+			s.evaluate(r, st, at)
+		}
+	}
+}
+
+// evaluate moves a rule's state with the key's latest value at now.
+// Called with s.mu held.
+func (s *Session) evaluate(r store.AlarmRule, st *ruleState, now time.Time) {
+	if s.ended || st.value == nil {
+		return
+	}
+	if r.Raise.Holds(st.value) {
+		if st.raiseSince.IsZero() {
+			st.raiseSince = now
+		}
+		if st.state != ruleRaised && now.Sub(st.raiseSince) >= time.Duration(r.Raise.Duration) {
+			st.state = ruleRaised
+			detail := map[string]any{"rule": r.ID, "key": r.Key, "value": st.value, "ts": st.valueTS,
+				"condition": conditionText(r.Key, r.Raise)}
+			d := s.dev
+			s.e.do(func(ctx context.Context) {
+				if _, err := s.e.svc.RaiseDevice(ctx, d, r.Type, r.Severity, detail); err != nil {
+					s.e.log.Warn("alarm: raising rule alarm", "device", d.Name, "rule", r.ID, "err", err)
+				}
+			})
+		}
+	} else {
+		st.raiseSince = time.Time{}
+		if st.state == ruleRaised && r.Clear == nil {
+			// Without a clear condition the alarm stays until a person
+			// clears it; the condition holding again raises it again
+			// (folded into the alarm if it is still active).
+			st.state = ruleUnknown
+		}
+	}
+	if r.Clear == nil {
+		return
+	}
+	if !r.Clear.Holds(st.value) {
+		st.clearSince = time.Time{}
+		return
+	}
+	if st.clearSince.IsZero() {
+		st.clearSince = now
+	}
+	if st.state != ruleCleared && now.Sub(st.clearSince) >= time.Duration(r.Clear.Duration) {
+		st.state = ruleCleared
+		s.clearActive(r.Type)
+	}
+}
+
+// clearActive queues the clearing of the device's active alarm of typ,
+// reading first: after a reconnect the session does not know whether one
+// is active, and a read is cheaper than a write that changes nothing.
+// Called with s.mu held.
+func (s *Session) clearActive(typ string) {
+	d := s.dev
+	s.e.do(func(ctx context.Context) {
+		yes := true
+		as, err := s.e.cfg.Store.ListAlarms(ctx, store.AlarmQuery{DeviceID: d.ID, Type: typ, Active: &yes, Limit: 1})
+		if err != nil || len(as) == 0 {
+			return
+		}
+		if _, _, err := s.e.svc.ClearDevice(ctx, d.ID, typ, "system"); err != nil {
+			s.e.log.Warn("alarm: clearing", "device", d.Name, "type", typ, "err", err)
+		}
+	})
+}
+
+func conditionText(key string, c store.Condition) string {
+	t := fmt.Sprintf("%s %s %s", key, c.Op, c.Value)
+	if c.Duration > 0 {
+		t += " for " + time.Duration(c.Duration).String()
+	}
+	return t
+}
+
+// Rejected implements the gateway's SessionObserver: BadInputLimit
+// refusals within BadInputWindow raise the bad-payload-rate alarm.
+func (s *Session) Rejected(reason string, at time.Time) {
+	limit, window := s.e.cfg.BadInputLimit, s.e.cfg.BadInputWindow
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return
+	}
+	if len(s.rejects) == limit {
+		copy(s.rejects, s.rejects[1:])
+		s.rejects = s.rejects[:limit-1]
+	}
+	s.rejects = append(s.rejects, at)
+	if len(s.rejects) < limit || at.Sub(s.rejects[0]) > window || s.badRaised {
+		return
+	}
+	s.badRaised, s.badUnknown = true, false
+	d := s.dev
+	detail := map[string]any{"refused": limit, "within": window.String(), "lastReason": reason}
+	s.e.do(func(ctx context.Context) {
+		if _, err := s.e.svc.RaiseDevice(ctx, d, store.AlarmBadPayloads, store.SeverityWarning, detail); err != nil {
+			s.e.log.Warn("alarm: raising bad-payload alarm", "device", d.Name, "err", err)
+		}
+	})
+}
+
+// checkBadInput clears the bad-payload-rate alarm after a whole window
+// without refusals. Called with s.mu held.
+func (s *Session) checkBadInput(now time.Time) {
+	if s.ended || !s.badRaised && !s.badUnknown {
+		return
+	}
+	window := s.e.cfg.BadInputWindow
+	quietSince := s.started
+	if n := len(s.rejects); n > 0 {
+		quietSince = s.rejects[n-1]
+	}
+	if now.Sub(quietSince) < window {
+		return
+	}
+	s.badRaised, s.badUnknown = false, false
+	s.clearActive(store.AlarmBadPayloads)
+}
+
+// Ended implements the gateway's SessionObserver.
+func (s *Session) Ended(at time.Time, takenOver bool) {
+	e := s.e
+	e.mu.Lock()
+	delete(e.sessions, s)
+	e.mu.Unlock()
+	s.mu.Lock()
+	s.ended = true
+	act := store.Activity{DeviceID: s.dev.ID}
+	if s.last.After(s.written) {
+		act.At = s.last
+	}
+	if !takenOver {
+		act.Disconnect = at
+	}
+	s.mu.Unlock()
+	if act.At.IsZero() && act.Disconnect.IsZero() {
+		return
+	}
+	e.do(func(ctx context.Context) { e.recordActivity(ctx, []store.Activity{act}) })
+}
