@@ -131,3 +131,27 @@ func TestLoadIssuer(t *testing.T) {
 		t.Fatal("a key of another CA was accepted")
 	}
 }
+
+// FuzzCheckDeviceCSR: whatever a device sends, the check answers with a
+// request for the asked CN or an ErrBadCSR, never a panic or another error.
+func FuzzCheckDeviceCSR(f *testing.F) {
+	ca := fuzzCA(f)
+	key, _ := pki.GenerateKey(pki.KeyEC)
+	der, _ := pki.NewCSR(key, "SN-1")
+	f.Add(pki.EncodeCSRPEM(der))
+	f.Add(der)
+	f.Add(pki.EncodeCertPEM(ca.Cert))
+	f.Add([]byte("-----BEGIN CERTIFICATE REQUEST-----\nMAA=\n-----END CERTIFICATE REQUEST-----\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		csr, err := pki.CheckDeviceCSR(b, "SN-1")
+		if err != nil {
+			if !errors.Is(err, pki.ErrBadCSR) {
+				t.Fatalf("refusal not wrapping ErrBadCSR: %v", err)
+			}
+			return
+		}
+		if csr.Subject.CommonName != "SN-1" {
+			t.Fatalf("accepted a request for %q", csr.Subject.CommonName)
+		}
+	})
+}

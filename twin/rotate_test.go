@@ -2,6 +2,7 @@ package twin
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -150,4 +151,34 @@ func TestTwinRotatesInProcess(t *testing.T) {
 	if err != nil || len(rs) != 1 || rs[0].Serial != pki.SerialHex(dev.Cert) {
 		t.Errorf("retirements = %+v, %v", rs, err)
 	}
+}
+
+// FuzzCheckRotationAnswer: no answer from the network panics the device,
+// and none is accepted unless it certifies the device's own key.
+func FuzzCheckRotationAnswer(f *testing.F) {
+	dir := f.TempDir()
+	if err := pki.InitCA(dir, pki.KeyEC); err != nil {
+		f.Fatal(err)
+	}
+	ca, err := pki.LoadCA(dir)
+	if err != nil {
+		f.Fatal(err)
+	}
+	key, _ := pki.GenerateKey(pki.KeyEC)
+	old, _ := ca.IssueDevice(key.Public(), "SN-1", time.Hour)
+	c, _ := ca.IssueDevice(key.Public(), "SN-1", 0)
+	good, _ := json.Marshal(map[string]string{"cert": string(ca.LeafChainPEM(c))})
+	f.Add(good)
+	f.Add([]byte(`{"error":"no"}`))
+	f.Add([]byte(`{"cert":"-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		pemOut, err := checkRotationAnswer(b, "SN-1", key, old)
+		if err != nil {
+			return
+		}
+		certs, err := pki.ParseCertsPEM(pemOut)
+		if err != nil || len(certs) == 0 || !key.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(certs[0].PublicKey) {
+			t.Fatalf("accepted an answer for another key: %v", err)
+		}
+	})
 }
