@@ -111,7 +111,9 @@ func (ss *session) sendPersistentRPC(ctx context.Context, cmd bus.Command) (json
 		select {
 		case <-acked:
 		case <-ss.done:
-			return nil, bus.ErrNoSession
+			// Written, never acknowledged: it may have reached the
+			// device, so the attempt counts (unlike ErrNoSession).
+			return nil, bus.ErrTimeout
 		case <-ctx.Done():
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				return nil, bus.ErrTimeout
