@@ -50,8 +50,6 @@ func (r rpcCall) final() bool {
 	return r.Status == "SUCCESSFUL" || r.Status == "EXPIRED" || r.Status == "FAILED"
 }
 
-func devicePath(name string) string { return "/api/v1/devices/" + url.PathEscape(name) }
-
 func newRPCSendCmd() *cobra.Command {
 	var api apiClient
 	var persistent, oneway, wait bool
@@ -80,7 +78,7 @@ device subscribes to RPC requests, retried --retries times, and expires after
 				return errors.New("--oneway, --retries, --expires and --wait apply to --persistent calls")
 			}
 			body, _ := json.Marshal(req)
-			out, err := api.do(cmd.Context(), "POST", devicePath(args[0])+"/rpc", "application/json", body)
+			out, err := api.do(cmd.Context(), "POST", devicePath(args[0], "/rpc"), "application/json", body)
 			if err != nil {
 				return err
 			}
@@ -199,7 +197,7 @@ func newRPCListCmd() *cobra.Command {
 			var v struct {
 				RPC []rpcCall `json:"rpc"`
 			}
-			if err := api.getJSON(cmd.Context(), devicePath(args[0])+"/rpc?"+q.Encode(), &v); err != nil {
+			if err := api.getJSON(cmd.Context(), devicePath(args[0], "/rpc?")+q.Encode(), &v); err != nil {
 				return err
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
@@ -268,7 +266,7 @@ func newAttrGetCmd() *cobra.Command {
 			if keys != "" {
 				q.Set("keys", keys)
 			}
-			path := devicePath(args[0]) + "/attributes"
+			path := devicePath(args[0], "/attributes")
 			if len(q) > 0 {
 				path += "?" + q.Encode()
 			}
@@ -308,7 +306,7 @@ and as a string otherwise (red).`,
 				}
 			}
 			body, _ := json.Marshal(kv)
-			out, err := api.do(cmd.Context(), "POST", devicePath(args[0])+"/attributes?scope="+url.QueryEscape(scope), "application/json", body)
+			out, err := api.do(cmd.Context(), "POST", devicePath(args[0], "/attributes?scope=")+url.QueryEscape(scope), "application/json", body)
 			if err != nil {
 				return err
 			}
@@ -329,7 +327,7 @@ func newAttrDeleteCmd() *cobra.Command {
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			q := url.Values{"scope": {scope}, "keys": {strings.Join(args[1:], ",")}}
-			out, err := api.do(cmd.Context(), "DELETE", devicePath(args[0])+"/attributes?"+q.Encode(), "", nil)
+			out, err := api.do(cmd.Context(), "DELETE", devicePath(args[0], "/attributes?")+q.Encode(), "", nil)
 			if err != nil {
 				return err
 			}
