@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -84,7 +83,7 @@ device subscribes to RPC requests, retried --retries times, and expires after
 			}
 			w := cmd.OutOrStdout()
 			if !persistent {
-				return printJSON(w, out)
+				return printJSON(w, json.RawMessage(out))
 			}
 			var call rpcCall
 			if err := json.Unmarshal(out, &call); err != nil {
@@ -169,7 +168,7 @@ func newRPCGetCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJSON(cmd.OutOrStdout(), out)
+			return printJSON(cmd.OutOrStdout(), json.RawMessage(out))
 		},
 	}
 	api.addFlags(c)
@@ -274,7 +273,7 @@ func newAttrGetCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJSON(cmd.OutOrStdout(), out)
+			return printJSON(cmd.OutOrStdout(), json.RawMessage(out))
 		},
 	}
 	api.addFlags(c)
@@ -310,7 +309,7 @@ and as a string otherwise (red).`,
 			if err != nil {
 				return err
 			}
-			return printJSON(cmd.OutOrStdout(), out)
+			return printJSON(cmd.OutOrStdout(), json.RawMessage(out))
 		},
 	}
 	api.addFlags(c)
@@ -331,22 +330,10 @@ func newAttrDeleteCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJSON(cmd.OutOrStdout(), out)
+			return printJSON(cmd.OutOrStdout(), json.RawMessage(out))
 		},
 	}
 	api.addFlags(c)
 	c.Flags().StringVar(&scope, "scope", "shared", "shared, server or client")
 	return c
-}
-
-// printJSON prints a JSON answer indented.
-func printJSON(w io.Writer, b []byte) error {
-	var buf bytes.Buffer
-	if json.Indent(&buf, b, "", "  ") != nil {
-		_, err := w.Write(b)
-		return err
-	}
-	buf.WriteByte('\n')
-	_, err := w.Write(buf.Bytes())
-	return err
 }
