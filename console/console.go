@@ -156,8 +156,9 @@ type pageData struct {
 	Active string // the view the navigation marks as current
 	Nav    []view
 	CSRF   string
-	User   string // who is signed in, and their role
-	Role   string
+	User    string // who is signed in, and their role
+	Role    string
+	Account bool // the caller has an account (not the admin token)
 	Param  string // the device name or unit SN of a detail page
 	Error  string
 	Next   string
@@ -185,7 +186,7 @@ func (s *Server) page(v view) http.Handler {
 			s.render(w, r, http.StatusBadGateway, "notfound", pageData{Title: "The API is not answering", Error: "The API could not say who you are; try again."})
 			return
 		}
-		d := pageData{Title: v.Title, View: v.Template, Active: v.Template, CSRF: sess.csrf, User: who.Username, Role: who.Role}
+		d := pageData{Title: v.Title, View: v.Template, Active: v.Template, CSRF: sess.csrf, User: who.Username, Role: who.Role, Account: who.ID != 0}
 		for _, nv := range views {
 			if who.may(nv.For) {
 				d.Nav = append(d.Nav, nv)

@@ -9,6 +9,12 @@
   // The role only shapes the page (no panel the API would refuse); what
   // data arrives is the API's decision alone.
   const staff = role === "admin" || role === "operator";
+  const account = document.body.dataset.account === "true";
+  // Parts of a page for some callers only.
+  function prune() {
+    if (role !== "admin") for (const e of $$(".admin-only")) e.remove();
+    if (!account) for (const e of $$(".account-only")) e.remove();
+  }
 
   // h builds an element: h("td", {class: "x"}, "text", child...).
   function h(tag, attrs, ...kids) {
@@ -40,7 +46,8 @@
   async function api(method, path, body) {
     const opts = { method: method, headers: {}, credentials: "same-origin" };
     if (method !== "GET") opts.headers["X-CSRF-Token"] = csrf;
-    if (body !== undefined) { opts.headers["Content-Type"] = "application/json"; opts.body = typeof body === "string" ? body : JSON.stringify(body); }
+    if (body instanceof Blob || body instanceof ArrayBuffer) { opts.headers["Content-Type"] = "application/octet-stream"; opts.body = body; }
+    else if (body !== undefined) { opts.headers["Content-Type"] = "application/json"; opts.body = typeof body === "string" ? body : JSON.stringify(body); }
     const r = await fetch("/console/api" + path, opts);
     if (r.status === 401) {
       location.assign("/console/login?expired=1&next=" + encodeURIComponent(location.pathname + location.search));
@@ -65,6 +72,22 @@
     document.addEventListener("visibilitychange", () => { if (!document.hidden && t === null) tick(); });
     tick();
     return { now: () => { clearTimeout(t); tick(); } };
+  }
+
+  // live follows the API's event stream (server-sent events) with the
+  // session's cookie, calling on[type](notice) for each event. It returns
+  // an object whose open tells whether events flow now; while they do,
+  // pages skip the polling that stands in for them. A server without the
+  // stream (or a refusal) closes it at once and polling carries on.
+  function live(params, on) {
+    const st = { open: false };
+    if (!window.EventSource) return st;
+    const es = new EventSource("/console/api/v1/stream?" + params);
+    es.onopen = () => { st.open = true; };
+    es.onerror = () => { st.open = false; };
+    for (const t in on) es.addEventListener(t, e => { let n; try { n = JSON.parse(e.data); } catch (_) { return; } on[t](n); });
+    window.addEventListener("pagehide", () => es.close());
+    return st;
   }
 
   function ago(t) {
@@ -135,6 +158,7 @@
     const form = $("#filters");
     const qs = new URLSearchParams(location.search);
     if (!staff) for (const e of $$(".staff-only")) e.remove();
+    claimForm(() => restart());
     const keys = staff ? ["q", "online", "profile", "firmware", "owner", "sort", "limit"] : ["q", "online", "profile", "firmware", "sort", "limit"];
     for (const k of keys) if (qs.get(k)) form.elements[k].value = qs.get(k);
     let stack = [], cursor = qs.get("after") || "", next = "";
@@ -173,6 +197,9 @@
       $("#next").disabled = !next;
     };
     const poll = every(4000, load);
+    let soon = null;
+    // A device connecting or leaving shows at once, not at the next poll.
+    live("types=state", { state: () => { if (!soon) soon = setTimeout(() => { soon = null; poll.now(); }, 300); } });
     const restart = () => { stack = []; cursor = ""; poll.now(); };
     let typing;
     form.addEventListener("input", e => { clearTimeout(typing); typing = setTimeout(restart, e.target.tagName === "INPUT" ? 250 : 0); });
@@ -180,6 +207,61 @@
     $("#next").addEventListener("click", () => { if (!next) return; stack.push(cursor); cursor = next; poll.now(); });
     $("#prev").addEventListener("click", () => { cursor = stack.pop() || ""; poll.now(); });
     $("#first").addEventListener("click", restart);
+  }
+
+  // claimForm claims a device for the signed-in account, as the phone app
+  // does with the secret the device published.
+  function claimForm(done) {
+    const form = $("#claim-form");
+    if (!form) return;
+    form.addEventListener("submit", async e => {
+      e.preventDefault();
+      const sn = $("#cl-sn").value.trim(), out = $("#claim-result");
+      try {
+        const r = await api("POST", "/v1/devices/" + enc(sn) + "/claim", { secretKey: $("#cl-secret").value });
+        out.className = "ok";
+        out.textContent = sn + (r.outcome === "transferred" ? " is yours now (transferred from its previous owner)." : r.outcome === "same-owner" ? " was already yours." : " is yours now.");
+        form.reset();
+        done();
+      } catch (err) {
+        out.className = "error";
+        out.textContent = err.message;
+      }
+    });
+  }
+
+  // owners fills the Owners tab (admins): every ownership epoch, the audit
+  // log and a claim request in waiting.
+  function owners(name) {
+    const box = $("#owners");
+    if (!box) return;
+    const load = async () => {
+      const r = await api("GET", "/v1/devices/" + enc(name) + "/owners");
+      fill(box,
+        h("table", { class: "data" }, h("thead", {}, h("tr", {}, ["Owner", "Since", "Until", "How", "Ended"].map(t => h("th", { scope: "col" }, t)))),
+          h("tbody", {}, r.owners.length ? r.owners.map(o => h("tr", {}, h("td", {}, o.username || "#" + o.userId), h("td", {}, when(o.since)),
+            h("td", {}, o.until ? when(o.until) : h("span", { class: "badge online" }, "current")), h("td", {}, o.how), h("td", {}, o.ended || "")))
+            : empty(5, "never owned"))),
+        r.pendingClaim ? h("p", {}, h("span", { class: "badge warn" }, "claim request waiting"), " " + r.pendingClaim.kind +
+          (r.pendingClaim.reset ? " after a factory reset" : "") + ", until " + when(r.pendingClaim.expiresAt)) : null,
+        h("h2", {}, "Audit"),
+        h("table", { class: "data" }, h("thead", {}, h("tr", {}, ["Time", "Action", "Detail"].map(t => h("th", { scope: "col" }, t)))),
+          h("tbody", {}, r.audit.length ? r.audit.map(a => h("tr", {}, h("td", {}, when(a.at)), h("td", {}, a.action), h("td", {}, a.detail || ""))) : empty(3, "nothing yet"))));
+    };
+    document.addEventListener("tabshown", e => { if (e.target.id === "tab-owners") load().catch(err => status(err.message, true)); });
+    if (location.hash === "#owners") load();
+  }
+
+  // release lets the owner (or an admin) give the device up.
+  function release(name) {
+    const box = $("#release-box");
+    if (!box || !(role === "admin" || role === "user")) return;
+    box.hidden = false;
+    $("#release").addEventListener("click", async () => {
+      if (!confirm("Release " + name + "? " + (role === "admin" ? "Its owner loses it." : "You lose access to it and its data."))) return;
+      try { await api("POST", "/v1/devices/" + enc(name) + "/release", {}); status("Released"); if (role !== "admin") location.assign("/console/devices"); }
+      catch (e) { status(e.message, true); }
+    });
   }
 
   // ---- device page ----
@@ -230,6 +312,8 @@
     });
     if (role !== "operator") { telemetry(base); attributes(base); rpc(base); events(name); }
     certs(base);
+    owners(name);
+    release(name);
   }
 
   // telemetry keeps one chart per numeric key: live (appending the latest
@@ -266,11 +350,33 @@
       (range === "live" ? loadLive() : history_()).catch(e => status(e.message, true));
     }));
     loadLive().catch(e => status(e.message, true));
+    const latestRows = {};
+    const showLatest = (k, ts, value) => {
+      const row = h("tr", { "data-key": k }, h("td", {}, k), h("td", { class: "mono" }, show(value)), h("td", {}, timeEl(ts)));
+      const old = latestRows[k];
+      latestRows[k] = row;
+      if (old && old.isConnected) { old.replaceWith(row); return; }
+      const keys = Object.keys(latestRows).sort(), body = $("#latest");
+      fill(body, keys.map(key => latestRows[key]));
+    };
+    const stream = live("types=telemetry&device=" + enc(param), {
+      telemetry: n => {
+        for (const [k, v] of Object.entries(n.values || {})) {
+          showLatest(k, n.ts, v);
+          const x = num(v);
+          if (x === null) continue;
+          const c = chartFor(k);
+          c.now.textContent = TLChart.fmtNum(x);
+          if (range === "live" && !zoom) c.push(n.ts, x, LIVE);
+        }
+      },
+    });
     every(2000, async () => {
+      if (stream.open && Object.keys(latestRows).length) return;
       const latest = await api("GET", base + "/telemetry/latest");
       const keys = Object.keys(latest).sort();
-      fill($("#latest"), keys.length ? keys.map(k => h("tr", {}, h("td", {}, k), h("td", { class: "mono" }, show(latest[k].value)), h("td", {}, timeEl(latest[k].ts)))) :
-        empty(3, "no telemetry yet"));
+      if (!keys.length) fill($("#latest"), empty(3, "no telemetry yet"));
+      for (const k of keys) showLatest(k, latest[k].ts, latest[k].value);
       for (const k of keys) {
         const v = num(latest[k].value);
         if (v === null) continue;
@@ -405,8 +511,9 @@
   }
 
   const views = { overview: overview, devices: devices, device: device };
-  window.TL = { api: api, h: h, fill: fill, status: status, every: every, timeEl: timeEl, when: when, empty: empty, devLink: devLink, views: views };
+  window.TL = { api: api, h: h, fill: fill, status: status, every: every, live: live, timeEl: timeEl, when: when, empty: empty, devLink: devLink, views: views, role: role, staff: staff };
   document.addEventListener("DOMContentLoaded", () => {
+    prune();
     for (const s of window.TLViews || []) s(window.TL);
     if (views[view]) views[view]();
   });
