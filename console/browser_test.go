@@ -18,6 +18,7 @@ import (
 
 	"github.com/thingline/thingline/factory"
 	"github.com/thingline/thingline/node"
+	"github.com/thingline/thingline/tstest"
 	"github.com/thingline/thingline/twin"
 )
 
@@ -527,4 +528,115 @@ func TestConsoleRoles(t *testing.T) {
 	if !strings.Contains(count, "0 devices") {
 		t.Errorf("user's device count = %q", count)
 	}
+}
+
+// waitClaimRequest waits until the device's claim request (after a reset
+// or not) is pending, as the admin sees it.
+func waitClaimRequest(t *testing.T, n *node.Node, sn string, reset bool) {
+	t.Helper()
+	tstest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		var o struct {
+			Pending *struct {
+				Reset bool `json:"reset"`
+			} `json:"pendingClaim"`
+		}
+		apiAs(t, n, adminToken, "GET", "/api/v1/devices/"+sn+"/owners", "", &o)
+		if o.Pending == nil || o.Pending.Reset != reset {
+			return fmt.Errorf("no claim request (reset=%v) from %s", reset, sn)
+		}
+		return nil
+	})
+}
+
+// TestConsoleClaimAndTransfer claims a device twin in the console as one
+// user, resets it, claims it as another (a transfer), and looks from both
+// sides: the new owner sees nothing from before their claim, the previous
+// owner no longer sees the device, and an admin sees both epochs.
+func TestConsoleClaimAndTransfer(t *testing.T) {
+	ctx := browser(t)
+	n := startNode(t)
+	base := "http://" + n.HTTPAddr()
+	addUser(t, n, "alice", "user")
+	addUser(t, n, "bob", "user")
+	out, units := inject(t, n, 1)
+	sn := units[0].SN
+	tw, err := twin.New(twin.Config{SPIFFS: filepath.Join(out, sn, "spiffs.bin"), StateDir: t.TempDir(),
+		Broker: "mqtts://" + n.MQTTAddr(), ServerName: "127.0.0.1", Prov: twin.ProvNone, ClaimSecret: "s3cret",
+		Interval: 200 * time.Millisecond, BackoffMin: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { tw.Run(tctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitClaimRequest(t, n, sn, false)
+
+	claim := func(user string, want string) {
+		t.Helper()
+		var msg string
+		run(t, ctx, user+" claims "+sn,
+			chromedp.Navigate(base+"/console/devices"),
+			chromedp.Click(chromedp.CSS(`#claim-box summary`)),
+			chromedp.SendKeys(chromedp.CSS(`#cl-sn`), sn),
+			chromedp.SendKeys(chromedp.CSS(`#cl-secret`), "s3cret"),
+			chromedp.Click(chromedp.CSS(`#claim-form button`)),
+			waitJS(`document.querySelector("#claim-result").textContent !== ""`),
+			into(chromedp.Text(chromedp.CSS(`#claim-result`)), &msg),
+			waitJS(`[...document.querySelectorAll("#rows a")].length === 1`),
+		)
+		if !strings.Contains(msg, want) {
+			t.Errorf("%s's claim: %q; want %q", user, msg, want)
+		}
+	}
+
+	loginAs(t, ctx, base, "alice")
+	claim("alice", "is yours now.")
+	run(t, ctx, "alice sees her device's telemetry",
+		chromedp.Navigate(base+"/console/devices/"+sn),
+		waitJS(`document.querySelectorAll(".chart svg path.line").length >= 2`),
+	)
+	screenshot(t, ctx, "claimed")
+	signOut(t, ctx)
+
+	// The device is reset and claimed by bob: a transfer.
+	if err := tw.FactoryReset(); err != nil {
+		t.Fatal(err)
+	}
+	waitClaimRequest(t, n, sn, true)
+	claimed := time.Now()
+	loginAs(t, ctx, base, "bob")
+	claim("bob", "transferred")
+	// What bob's console gets of the device's history starts at his claim.
+	var first float64
+	run(t, ctx, "bob sees only his own epoch",
+		chromedp.Navigate(base+"/console/devices/"+sn),
+		waitJS(`document.querySelectorAll(".chart svg path.line").length >= 2`),
+		into(chromedp.Evaluate[float64](fmt.Sprintf(`fetch("/console/api/v1/devices/%s/telemetry?order=asc&limit=10000&keys=temperature").then(r => r.json()).then(j => j.temperature[0].ts)`, sn), chromedp.EvalAwaitPromise), &first),
+	)
+	if int64(first) < claimed.Add(-time.Second).UnixMilli() {
+		t.Errorf("bob's oldest point is at %d, before his claim at %d", int64(first), claimed.UnixMilli())
+	}
+	signOut(t, ctx)
+
+	loginAs(t, ctx, base, "alice")
+	run(t, ctx, "alice lost the device",
+		chromedp.Navigate(base+"/console/devices"),
+		waitJS(`document.querySelector("#rows td.empty") !== null`),
+		chromedp.Navigate(base+"/console/devices/"+sn),
+		waitJS(`document.querySelector("#status").textContent.includes("not found")`),
+	)
+	signOut(t, ctx)
+
+	login(t, ctx, base)
+	var owners string
+	run(t, ctx, "the admin sees both epochs",
+		chromedp.Navigate(base+"/console/devices/"+sn+"#owners"),
+		waitJS(`document.querySelectorAll("#owners table:first-child tbody tr").length === 2`),
+		into(chromedp.Text(chromedp.CSS(`#owners table`)), &owners),
+	)
+	if !strings.Contains(owners, "alice") || !strings.Contains(owners, "transferred") || !strings.Contains(owners, "bob") || !strings.Contains(owners, "current") {
+		t.Errorf("owners table:\n%s", owners)
+	}
+	screenshot(t, ctx, "owners")
 }

@@ -29,7 +29,7 @@
     for (const c of kids.flat()) if (c != null) e.append(c instanceof Node ? c : String(c));
     return e;
   }
-  function fill(parent, ...kids) { parent.replaceChildren(...kids.flat()); }
+  function fill(parent, ...kids) { parent.replaceChildren(...kids.flat().filter(k => k != null)); }
 
   let statusTimer;
   function status(msg, isError) {
@@ -257,6 +257,7 @@
     const box = $("#release-box");
     if (!box || !(role === "admin" || role === "user")) return;
     box.hidden = false;
+    if (role === "admin") box.querySelector(".muted").textContent = "Ends the current owner's ownership; the device can then be claimed again.";
     $("#release").addEventListener("click", async () => {
       if (!confirm("Release " + name + "? " + (role === "admin" ? "Its owner loses it." : "You lose access to it and its data."))) return;
       try { await api("POST", "/v1/devices/" + enc(name) + "/release", {}); status("Released"); if (role !== "admin") location.assign("/console/devices"); }
