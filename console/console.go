@@ -151,17 +151,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // pageData is what every page template receives.
 type pageData struct {
-	Title  string
-	View   string // the template of the page, which the script fills
-	Active string // the view the navigation marks as current
-	Nav    []view
-	CSRF   string
+	Title   string
+	View    string // the template of the page, which the script fills
+	Active  string // the view the navigation marks as current
+	Nav     []view
+	CSRF    string
 	User    string // who is signed in, and their role
 	Role    string
-	Account bool // the caller has an account (not the admin token)
-	Param  string // the device name or unit SN of a detail page
-	Error  string
-	Next   string
+	Account bool   // the caller has an account (not the admin token)
+	Param   string // the device name or unit SN of a detail page
+	Error   string
+	Next    string
 }
 
 // page serves a view's shell to a signed-in user; others go to the login.
