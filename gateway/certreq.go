@@ -134,6 +134,16 @@ func (ss *session) answerCertRequest(ctx context.Context, csr string, perr error
 		refuse("issuer-error", "the certificate could not be issued; try again later")
 		return
 	}
+	if !leaf.NotAfter.After(ss.leaf.NotAfter) {
+		// The issuing CA expires first (a leaf never outlives it): a
+		// certificate that does not outlive the current one is no
+		// rotation, and retiring the current one for it would lock the
+		// device out. Nothing is scheduled; the operator must renew the CA.
+		s.log.Warn("gateway: issuing CA expires before the certificate it would replace",
+			"device", ss.dev.Name, "ca_not_after", leaf.NotAfter)
+		refuse("issuer-expiring", "the issuing CA expires before the current certificate: no longer-lived certificate can be issued")
+		return
+	}
 	serial := pki.SerialHex(leaf)
 	// The previous certificate is retired after the grace period whether
 	// or not the device ever uses the new one: a device that lost it asks

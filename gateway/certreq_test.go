@@ -66,7 +66,9 @@ func TestCertRotationRequest(t *testing.T) {
 		c.RotationGrace = time.Hour
 		c.CSRBurst = 5
 	})
-	cert, leaf := e.inter.device(t, "SN-ROT")
+	// The test CA lives a day: the device's certificate must expire
+	// before it for a rotation to give a longer-lived one.
+	cert, leaf := e.inter.device(t, "SN-ROT", validity(time.Now().Add(-time.Hour), time.Now().Add(time.Hour)))
 	c := e.v3(t, cert)
 	c.sub(t, "v1/devices/me/cert/response")
 	weak, _ := rsa.GenerateKey(rand.Reader, 1024)
@@ -147,5 +149,26 @@ func TestCertRotationWithoutIssuer(t *testing.T) {
 	m := c.rx.nth(t, "v1/devices/me/cert/response", 1)
 	if !strings.Contains(m.payload, `"error"`) || !strings.Contains(m.payload, "not available") {
 		t.Errorf("answer = %s", m.payload)
+	}
+}
+
+// TestCertRotationIssuerExpiresFirst: when the issuing CA expires before
+// the device's certificate, no rotation is possible; the request is
+// refused and the current certificate is not scheduled for retirement.
+func TestCertRotationIssuerExpiresFirst(t *testing.T) {
+	e := newEnv(t, func(e *env, c *Config) {
+		c.Issuer = &pki.CA{Cert: e.inter.cert, Key: e.inter.key}
+	})
+	cert, _ := e.inter.device(t, "SN-LATE", validity(time.Now().Add(-time.Hour), e.inter.cert.NotAfter))
+	c := e.v3(t, cert)
+	c.sub(t, "v1/devices/me/cert/response")
+	c.pub(t, "v1/devices/me/cert/request", certRequest(t, csrFor(t, newKey(t), "SN-LATE")))
+	m := c.rx.nth(t, "v1/devices/me/cert/response", 1)
+	if !strings.Contains(m.payload, "issuing CA expires before") {
+		t.Errorf("answer = %s", m.payload)
+	}
+	dev := e.device(t, "SN-LATE")
+	if rs, err := e.st.ListRetirements(context.Background(), dev.ID); err != nil || len(rs) != 0 {
+		t.Errorf("retirements = %+v, %v; want none", rs, err)
 	}
 }
