@@ -317,7 +317,7 @@ func TestCRLImportAndServerCRL(t *testing.T) {
 }
 
 // TestCertificateExpiryAlarm: a device whose certificate expires in ten
-// days raises the certificate-expiring alarm (seen here as its event), and
+// days raises the certificate-expiring alarm (and its event), and
 // the fleet view counts it among the soonest.
 func TestCertificateExpiryAlarm(t *testing.T) {
 	s := startServer(t, t.TempDir(), "--cert-expiry-every", "200ms")
@@ -343,6 +343,18 @@ func TestCertificateExpiryAlarm(t *testing.T) {
 		}
 		return nil
 	})
+	// The alarm itself, through the alarms API; none for SN-LATER.
+	for sn, want := range map[string]int{"SN-SOON": 1, "SN-LATER": 0} {
+		var al struct {
+			Alarms []struct{ Type, Severity, Status string }
+		}
+		if code := s.api("GET", "/api/v1/alarms?device="+sn+"&type=certificate-expiring", "", &al); code != 200 {
+			t.Fatalf("alarms of %s: %d", sn, code)
+		}
+		if len(al.Alarms) != want || want == 1 && (al.Alarms[0].Severity != "MAJOR" || al.Alarms[0].Status != "ACTIVE_UNACK") {
+			t.Errorf("certificate-expiring alarms of %s = %+v, want %d active", sn, al.Alarms, want)
+		}
+	}
 	var v struct {
 		Total   int
 		Within  map[string]int
