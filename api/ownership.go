@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/thingline/thingline/bus"
@@ -24,6 +25,8 @@ func (s *Server) ownershipRoutes() []route {
 		{Method: "GET", Pattern: "/api/v1/devices/{name}/owners", Access: Admin, h: s.owners},
 		{Method: "GET", Pattern: "/api/v1/ownership/policy", Access: Admin, h: s.getPolicy},
 		{Method: "PUT", Pattern: "/api/v1/ownership/policy", Access: Admin, h: s.putPolicy},
+		{Method: "GET", Pattern: "/api/v1/ownership/epochs", Access: Self, h: s.myEpochs},
+		{Method: "GET", Pattern: "/api/v1/ownership/epochs/{id}/telemetry", Access: Self, h: s.epochTelemetry},
 	}
 }
 
@@ -277,5 +280,66 @@ func (s *Server) putPolicy(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusOK, p)
+	return nil
+}
+
+// myEpochs lists the caller's ownerships, current and past: where a
+// previous owner finds what they may still export.
+func (s *Server) myEpochs(w http.ResponseWriter, r *http.Request) error {
+	p, err := claimUser(r)
+	if err != nil {
+		return err
+	}
+	es, err := s.cfg.Store.UserEpochs(r.Context(), p.UserID)
+	if err != nil {
+		return err
+	}
+	if es == nil {
+		es = []store.Epoch{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"epochs": es})
+	return nil
+}
+
+// epochTelemetry is a previous owner's export: the telemetry of one of
+// their ended epochs, bounded to it, while the policy keeps it. Anything
+// else — another user's epoch, a current one (use the device's own
+// routes), a wiped or expired one — answers 404.
+func (s *Server) epochTelemetry(w http.ResponseWriter, r *http.Request) error {
+	p, err := claimUser(r)
+	if err != nil {
+		return err
+	}
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		return errorf(http.StatusBadRequest, "epoch id must be a positive integer")
+	}
+	notFound := errorf(http.StatusNotFound, "epoch %d not found", id)
+	ep, err := s.cfg.Store.GetEpoch(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		return notFound
+	}
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	if ep.UserID != p.UserID || ep.Until.IsZero() || ep.Wiped || !ep.KeepUntil.After(now) || ep.Ended == store.EndDeleted {
+		return notFound
+	}
+	limit, err := queryInt(r, "limit", defaultLimit, 1, maxLimit)
+	if err != nil {
+		return err
+	}
+	res, err := s.cfg.Store.QueryTelemetry(r.Context(), store.TelemetryQuery{
+		DeviceID: ep.DeviceID, Keys: splitKeys(r.URL.Query().Get("keys")),
+		From: ep.Since.UnixMilli(), To: ep.Until.UnixMilli() - 1, Limit: int(limit), Asc: true,
+	})
+	if err != nil {
+		return err
+	}
+	if res == nil {
+		res = map[string][]store.Point{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"epoch": ep, "telemetry": res})
 	return nil
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/thingline/thingline/bus/inproc"
 	tlnats "github.com/thingline/thingline/bus/nats"
 	"github.com/thingline/thingline/certmon"
+	"github.com/thingline/thingline/ownership"
 	"github.com/thingline/thingline/console"
 	"github.com/thingline/thingline/gateway"
 	"github.com/thingline/thingline/pki"
@@ -99,6 +100,7 @@ type Node struct {
 	serverCert *x509.Certificate
 	stopGC     context.CancelFunc
 	certmon    *certmon.Monitor
+	epochs     *ownership.Sweeper // wipes ended ownership epochs' data by policy
 	closeMu    sync.Mutex
 	closed     bool
 	serveErr   chan error
@@ -242,6 +244,7 @@ func (n *Node) start(ctx context.Context) (err error) {
 	if err := n.rpc.Start(n.gw.RPCReady); err != nil {
 		return startErr("starting persistent RPC", err, "check the bus named in the error")
 	}
+	n.epochs = ownership.Start(ownership.Config{Store: n.store, Logger: n.cfg.Logger})
 	apiSrv := api.New(api.Config{
 		Store:          n.store,
 		Bus:            n.bus,
@@ -448,6 +451,9 @@ func (n *Node) Close() error {
 	}
 	if n.certmon != nil {
 		n.certmon.Stop()
+	}
+	if n.epochs != nil {
+		n.epochs.Stop()
 	}
 	var errs []error
 	if n.httpSrv != nil {

@@ -23,6 +23,7 @@ type Epoch struct {
 	// KeepUntil is how long the data of an ended epoch is kept for its
 	// owner's export; zero means it was wiped (or the epoch is current).
 	KeepUntil time.Time `json:"keepUntil,omitzero"`
+	Wiped     bool      `json:"wiped,omitempty"` // its data is gone
 }
 
 // Why an epoch ended.
@@ -131,6 +132,9 @@ type Ownership interface {
 	OwnedDevices(ctx context.Context, userID int64) ([]int64, error)
 	// Owners returns a device name's epochs, oldest first.
 	Owners(ctx context.Context, name string) ([]Epoch, error)
+	// UserEpochs returns a user's epochs, current and ended, newest first.
+	UserEpochs(ctx context.Context, userID int64) ([]Epoch, error)
+	GetEpoch(ctx context.Context, id int64) (Epoch, error)
 	// PutClaimRequest records a device's claim request, replacing an
 	// earlier one of the device.
 	PutClaimRequest(ctx context.Context, r ClaimRequest) error

@@ -82,14 +82,14 @@ CREATE TABLE ownership_policy (
 // must ask again.
 const maxClaimFailures = 5
 
-const epochCols = "e.id, e.device_id, e.device_name, e.user_id, COALESCE(u.username, ''), e.since, e.until, e.how, e.ended, e.keep_until"
+const epochCols = "e.id, e.device_id, e.device_name, e.user_id, COALESCE(u.username, ''), e.since, e.until, e.how, e.ended, e.keep_until, e.wiped"
 
 const epochFrom = " FROM ownership_epochs e LEFT JOIN account_users u ON u.id = e.user_id "
 
 func scanEpoch(sc interface{ Scan(...any) error }) (store.Epoch, error) {
 	var e store.Epoch
 	var since, until, keep int64
-	err := sc.Scan(&e.ID, &e.DeviceID, &e.DeviceName, &e.UserID, &e.Username, &since, &until, &e.How, &e.Ended, &keep)
+	err := sc.Scan(&e.ID, &e.DeviceID, &e.DeviceName, &e.UserID, &e.Username, &since, &until, &e.How, &e.Ended, &keep, &e.Wiped)
 	e.Since, e.Until, e.KeepUntil = fromNanos(since), fromNanos(until), fromNanos(keep)
 	return e, err
 }
@@ -166,6 +166,21 @@ func (t *Tables) Owners(ctx context.Context, name string) ([]store.Epoch, error)
 		return nil, fmt.Errorf("sqldb: owners of %q: %w", name, err)
 	}
 	return es, nil
+}
+
+// UserEpochs implements store.Ownership.
+func (t *Tables) UserEpochs(ctx context.Context, userID int64) ([]store.Epoch, error) {
+	es, err := t.epochs(ctx, "WHERE e.user_id=? ORDER BY e.id DESC LIMIT 1000", userID)
+	if err != nil {
+		return nil, fmt.Errorf("sqldb: epochs of user %d: %w", userID, err)
+	}
+	return es, nil
+}
+
+// GetEpoch implements store.Ownership.
+func (t *Tables) GetEpoch(ctx context.Context, id int64) (store.Epoch, error) {
+	e, err := scanEpoch(t.db.QueryRow(ctx, "SELECT "+epochCols+epochFrom+"WHERE e.id=?", id))
+	return e, NotFound(err, fmt.Sprintf("epoch %d", id))
 }
 
 // epochs lists the epochs a WHERE clause selects.

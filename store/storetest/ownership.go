@@ -112,6 +112,14 @@ func testOwnership(t *testing.T, s store.Store) {
 	if ids, _ := s.OwnedDevices(ctx, owner.ID); len(ids) != 0 {
 		t.Errorf("previous owner still owns %v", ids)
 	}
+	if es, err := s.UserEpochs(ctx, owner.ID); err != nil || len(es) != 1 || es[0].Ended != store.EndTransferred {
+		t.Errorf("previous owner's epochs %+v %v", es, err)
+	} else if e, err := s.GetEpoch(ctx, es[0].ID); err != nil || e.UserID != owner.ID || e.Until.IsZero() {
+		t.Errorf("epoch %d: %+v %v", es[0].ID, e, err)
+	}
+	if _, err := s.GetEpoch(ctx, 1<<40); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("missing epoch: %v", err)
+	}
 	hist, err := s.Owners(ctx, dev.Name)
 	if err != nil || len(hist) != 2 || hist[0].Ended != store.EndTransferred || hist[0].KeepUntil.IsZero() || hist[1].UserID != other.ID {
 		t.Errorf("history %+v %v", hist, err)

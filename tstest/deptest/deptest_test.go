@@ -42,6 +42,8 @@ var forbidden = map[string][]string{
 	// The certificate monitor sweeps the store beside the gateway; it
 	// reaches devices only through revocation notices on the bus.
 	"certmon": {"gateway", "api", "node", "twin", "factory", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
+	// Ownership's background work sees the system through the store only.
+	"ownership": {"gateway", "api", "node", "bus", "twin", "factory", "store/sqlite", "store/postgres", "store/sqldb"},
 	// Accounts are a leaf the API uses: hashing, token secrets, limits.
 	"account": {"gateway", "api", "node", "bus", "twin", "factory", "store/sqlite", "store/postgres", "store/sqldb"},
 	// Persistent RPC runs beside the gateway, wired to it by node.

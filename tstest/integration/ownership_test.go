@@ -353,6 +353,31 @@ func TestOwnershipLifecycle(t *testing.T) {
 				t.Errorf("new owner sees an event of %v, before the epoch", ev.Time)
 			}
 		}
+		// The previous owner may still export their own epoch, and only it.
+		var mine struct {
+			Epochs []struct {
+				ID    int64  `json:"id"`
+				Ended string `json:"ended"`
+			} `json:"epochs"`
+		}
+		if code := e.call(owner, "GET", "/api/v1/ownership/epochs", "", &mine); code != 200 || len(mine.Epochs) == 0 || mine.Epochs[0].Ended != "transferred" {
+			t.Fatalf("previous owner's epochs: %d %+v", code, mine)
+		}
+		var export struct {
+			Telemetry map[string][]point `json:"telemetry"`
+		}
+		exportPath := fmt.Sprintf("/api/v1/ownership/epochs/%d/telemetry?keys=temperature&limit=10000", mine.Epochs[0].ID)
+		if code := e.call(owner, "GET", exportPath, "", &export); code != 200 || len(export.Telemetry["temperature"]) == 0 {
+			t.Errorf("previous owner's export: %d, %d points", code, len(export.Telemetry["temperature"]))
+		}
+		for _, p := range export.Telemetry["temperature"] {
+			if p.TS >= since {
+				t.Errorf("the export holds a point at %d, after the epoch ended (%d)", p.TS, since)
+			}
+		}
+		if code := e.call(other, "GET", exportPath, "", nil); code != 404 {
+			t.Errorf("the new owner reads the previous epoch's export: %d, want 404", code)
+		}
 		// The admin still sees everything.
 		if code, pts := e.telemetry("admin", sn); code != 200 || len(pts) == 0 || pts[0].TS >= since {
 			t.Errorf("admin's view of the history: %d, %d points", code, len(pts))

@@ -1,0 +1,98 @@
+package ownership
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/thingline/thingline/store"
+	"github.com/thingline/thingline/store/sqlite"
+)
+
+// TestSweepWipesExpiredEpochs: once an ended epoch's keeping is over, the
+// data recorded before it ended goes, and what came after stays.
+func TestSweepWipesExpiredEpochs(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "t.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	dev, _, _, err := st.EnsureDevice(ctx, store.Device{Name: "SN-1", Profile: "default"}, store.Credential{Serial: "1", SHA256: "ab"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := st.CreateUser(ctx, store.User{Username: "u", Role: store.RoleUser, PasswordHash: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	day := 24 * time.Hour
+	claimAt := time.Now().Add(-10 * day)
+	releaseAt := time.Now().Add(-5 * day)
+	h := sha256.Sum256([]byte("k"))
+	if err := st.PutClaimRequest(ctx, store.ClaimRequest{DeviceID: dev.ID, DeviceName: dev.Name, Kind: store.ClaimDevice, SecretHash: h[:], ExpiresAt: claimAt.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.Claim(ctx, store.Claim{DeviceID: dev.ID, DeviceName: dev.Name, UserID: u.ID, Kind: store.ClaimDevice, SecretHash: h[:], At: claimAt}); err != nil {
+		t.Fatal(err)
+	}
+	rec := func(at time.Time) store.Record {
+		return store.Record{DeviceID: dev.ID, TS: at.UnixMilli(), Values: []store.KV{{Key: "t", Value: json.RawMessage("1")}}}
+	}
+	if err := st.AppendTelemetry(ctx, []store.Record{rec(claimAt.Add(day)), rec(claimAt.Add(2 * day)), rec(releaseAt.Add(day))}); err != nil {
+		t.Fatal(err)
+	}
+	// Days-old data is compacted long before its epoch expires.
+	if err := st.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetAttributes(ctx, dev.ID, store.SharedScope, map[string]json.RawMessage{"old": json.RawMessage("1")}, claimAt.Add(day)); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetAttributes(ctx, dev.ID, store.SharedScope, map[string]json.RawMessage{"new": json.RawMessage("2")}, releaseAt.Add(day)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Release(ctx, dev.ID, u.ID, u.ID, store.OwnershipPolicy{OnReset: store.PolicyTransfer, KeepDays: 3}, releaseAt); err != nil {
+		t.Fatal(err)
+	}
+	// Kept for 3 days after the release: not yet 2 days after it.
+	if n, err := Sweep(ctx, st, releaseAt.Add(2*day)); err != nil || n != 0 {
+		t.Fatalf("sweep within the keeping: %d %v", n, err)
+	}
+	if n, err := Sweep(ctx, st, time.Now()); err != nil || n != 1 {
+		t.Fatalf("sweep after the keeping: %d %v", n, err)
+	}
+	pts, err := st.QueryTelemetry(ctx, store.TelemetryQuery{DeviceID: dev.ID, From: 0, To: 1<<63 - 1, Limit: 100, Asc: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pts["t"]; len(got) != 1 || got[0].TS != releaseAt.Add(day).UnixMilli() {
+		t.Errorf("telemetry after the wipe: %+v, want only the point after the release", got)
+	}
+	attrs, _ := st.GetAttributes(ctx, dev.ID, store.SharedScope, nil)
+	if _, ok := attrs["old"]; ok || len(attrs) != 1 {
+		t.Errorf("attributes after the wipe: %v", attrs)
+	}
+	es, _ := st.Owners(ctx, dev.Name)
+	if len(es) != 1 || !es[0].Wiped {
+		t.Errorf("epoch not marked wiped: %+v", es)
+	}
+	if n, _ := Sweep(ctx, st, time.Now()); n != 0 {
+		t.Errorf("a wiped epoch was swept again")
+	}
+}
+
+func TestStartStop(t *testing.T) {
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "t.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s := Start(Config{Store: st, Every: 10 * time.Millisecond})
+	time.Sleep(30 * time.Millisecond) // a few sweeps over an empty store
+	s.Stop()
+	s.Stop()
+}
