@@ -15,6 +15,10 @@ import (
 // small goroutine between packets and extends its deadline within one, so
 // the packet is still read whole, stored and acknowledged.
 func TestSlowPacketAcrossIdleHandOff(t *testing.T) {
+	// Restored after the server's own cleanup, which ends its sessions.
+	saved := idleAfter
+	t.Cleanup(func() { idleAfter = saved })
+	idleAfter = 250 * time.Millisecond
 	e := newEnv(t, nil)
 	cert, _ := e.inter.device(t, "SN-SLOW")
 	conn, err := rawConnect(e, cert)

@@ -559,7 +559,7 @@ func (s *Server) serveConn(c net.Conn) {
 		s.cut(addr, CutHandshakeTimout)
 		return
 	}
-	tc := tls.Server(c, s.tlsConf)
+	tc := tls.Server(&pollConn{Conn: c}, s.tlsConf)
 	c.SetDeadline(deadline)
 	err = tc.HandshakeContext(ctx)
 	s.handshakes.Add(1)

@@ -146,14 +146,18 @@ type session struct {
 	fcancel context.CancelFunc
 	fctxAt  time.Time
 
-	// readable and idleWait watch the socket under the TLS connection
-	// (see socketWatch); nil when it cannot be watched that way.
-	readable func() bool
+	// idleWait waits for the socket under the TLS connection to be
+	// readable (see socketWatch); nil when it cannot be watched that way.
+	// pc is that connection, for reading only what crypto/tls has buffered.
 	idleWait func() error
+	pc       *pollConn
 	rdl      time.Time // the read deadline last set by the reading goroutine
 	// lingering: the packet being read began under the short idle deadline
 	// (nextByte), which readFull extends to the keep-alive if the rest is slow.
 	lingering bool
+	// sent: the device sent something since the session last handed its
+	// wait off (see idleAfter).
+	sent bool
 
 	closing   atomic.Bool
 	closeOnce sync.Once
@@ -164,7 +168,10 @@ type session struct {
 
 func newSession(s *Server, c *tls.Conn, addr string) *session {
 	ss := &session{srv: s, conn: c, addr: addr, done: make(chan struct{}), finished: make(chan struct{}), ready: make(chan struct{})}
-	ss.readable, ss.idleWait = socketWatch(c.NetConn())
+	_, ss.idleWait = socketWatch(c.NetConn())
+	if ss.pc, _ = c.NetConn().(*pollConn); ss.pc == nil {
+		ss.idleWait = nil
+	}
 	ss.ackCond = sync.NewCond(&ss.ackMu)
 	return ss
 }
@@ -515,6 +522,7 @@ func (ss *session) waitThenServe(c net.Conn) {
 		ss.srv.endConn(c)
 		return
 	}
+	ss.sent = true
 	ss.serve(c)
 }
 
@@ -574,12 +582,19 @@ func (ss *session) loop() (ended bool) {
 	}
 }
 
-// idleAfter is how long a session waits for the next packet inside the
-// TLS read before handing the wait to a small goroutine (see socketWatch).
-// A device in conversation (pipelined telemetry, an RPC exchange) answers
-// sooner and never pays for the hand-off; a quiet one stops holding the
-// reading goroutine's stack.
-const idleAfter = 250 * time.Millisecond
+// idleAfter is how long a session whose device is sending waits for its
+// next packet in its own goroutine before handing the wait to a small
+// goroutine (see socketWatch): a device sending every second or two — the
+// fleet's shape — keeps its goroutine and its stack, parked on the socket,
+// and each of its messages costs one wake-up, not a goroutine, a timer
+// firing and a stack grown again. A session whose device has sent nothing
+// since its last hand-off (a fresh connection, a device that reports
+// rarely) hands off after idleQuiet, so that quiet connections hold small
+// stacks. Waits last between half of these and these: the deadline is moved
+// only when less than half of it is left.
+var idleAfter = 2 * time.Second
+
+const idleQuiet = 250 * time.Millisecond
 
 // nextByte reads the first byte of the next packet, or reports idle when
 // the device has been quiet for idleAfter and the wait can be handed off.
@@ -594,30 +609,41 @@ func (ss *session) nextByte() (b byte, idle bool, err error) {
 		b, err = ss.ReadByte()
 		return b, false, err
 	}
-	// The linger deadline is moved only when less than half of it is
-	// left (or a longer one is set): under load that is a few times a
-	// second per connection rather than once per packet.
-	if ss.rdl.Before(now.Add(idleAfter/2)) || ss.rdl.After(now.Add(idleAfter)) {
-		ss.setReadDeadline(now.Add(idleAfter))
+	// A packet crypto/tls holds already (pipelined packets in one record,
+	// or records read ahead) is read at once, without a system call or a
+	// deadline change; the rest of it under the deadline set last, which
+	// readFull extends if needed.
+	if b, ok, err := ss.buffered(); ok || err != nil {
+		ss.lingering = err == nil
+		return b, false, err
 	}
-	// A plain read: a timeout here means idle, not a slow packet.
-	_, err = io.ReadFull(ss.conn, ss.hdr[:])
+	wait := idleQuiet
+	if ss.sent {
+		wait = idleAfter
+	}
+	if ss.rdl.Before(now.Add(wait/2)) || ss.rdl.After(now.Add(wait)) {
+		ss.setReadDeadline(now.Add(wait))
+	}
+	// Parked on the socket (not inside crypto/tls, which would need a
+	// system call to find it empty first), then a plain read: a timeout
+	// here means idle, not a slow packet.
+	if err = ss.idleWait(); err == nil {
+		_, err = io.ReadFull(ss.conn, ss.hdr[:])
+	}
 	b = ss.hdr[0]
-	// The rest of this packet is read under the linger deadline too, which
+	// The rest of this packet is read under the same deadline too, which
 	// readFull extends if the packet is slow to arrive.
 	ss.lingering = err == nil
+	ss.sent = ss.sent || err == nil
 	var ne net.Error
 	if err == nil || !errors.As(err, &ne) || !ne.Timeout() || ss.closing.Load() {
 		return b, false, err
 	}
-	// Quiet for idleAfter. crypto/tls keeps a partly read record across a
-	// timeout, so the read can resume later, from this goroutine or
-	// another.
+	// Quiet for a while. crypto/tls keeps a partly read record across a
+	// timeout, so the read can resume later, from the small goroutine,
+	// which looks at the socket first.
 	ss.setReadDeadline(kaDeadline)
-	if ss.readable() {
-		b, err = ss.ReadByte()
-		return b, false, err
-	}
+	ss.sent = false
 	return 0, true, nil
 }
 
