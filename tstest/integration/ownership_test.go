@@ -510,3 +510,43 @@ func TestZeroTouchAssociation(t *testing.T) {
 		}
 	})
 }
+
+// TestAccountsCLI: the account commands call the REST API as a person
+// would: an admin adds a user, the user logs in and makes an API token,
+// which then works; the admin disables the user and the token stops.
+func TestAccountsCLI(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	srv := "http://" + s.httpAddr
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := thingline(t, append(args, "--server", srv)...)
+		if err != nil {
+			t.Fatalf("thingline %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	run("user", "add", "dana", "--password", "dana-pass-1", "--role", "user", "--token", testToken)
+	if out := run("user", "list", "--token", testToken); !strings.Contains(out, `"dana"`) {
+		t.Errorf("user list:\n%s", out)
+	}
+	var login struct {
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal([]byte(run("login", "dana", "--password", "dana-pass-1")), &login); err != nil || login.Token == "" {
+		t.Fatalf("login: %v", err)
+	}
+	var tok struct {
+		ID    int64  `json:"id"`
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal([]byte(run("token", "create", "--name", "ci", "--scopes", "read", "--expires-in", "1h", "--token", login.Token)), &tok); err != nil || tok.Token == "" {
+		t.Fatalf("token create: %v", err)
+	}
+	if out := run("owner", "whose", "SN-000123", "--token", tok.Token); !strings.Contains(out, "unowned") {
+		t.Errorf("owner whose:\n%s", out)
+	}
+	run("user", "disable", "dana", "--token", testToken)
+	if out, err := thingline(t, "token", "list", "--server", srv, "--token", tok.Token); err == nil || !strings.Contains(out, "401") {
+		t.Errorf("a disabled user's token still works:\n%s", out)
+	}
+}
