@@ -69,6 +69,7 @@ type view struct {
 var views = []view{
 	{"/console/", "Overview", "overview", ""},
 	{"/console/devices", "Devices", "devices", ""},
+	{"/console/alarms", "Alarms", "alarms", "staff"},
 	{"/console/factory", "Factory", "factory", "staff"},
 	{"/console/users", "Users", "users", "admin"},
 	{"/console/account", "Account", "account", "account"},

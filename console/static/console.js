@@ -126,6 +126,13 @@
         h("td", {}, timeEl(e.time)), h("td", {}, e.device ? devLink(e.device) : "–"),
         h("td", {}, h("span", { class: "badge" + (e.kind === "refused" ? " bad" : "") }, e.kind), " ", e.reason || ""))) : empty(3, "no events yet"));
     });
+    const alarms = async () => {
+      const [a, u] = await Promise.all([api("GET", "/v1/alarms?status=ACTIVE&limit=1000"), api("GET", "/v1/alarms?status=ACTIVE_UNACK&limit=1000")]);
+      $("#n-alarms").textContent = a.alarms.length + (a.next ? "+" : "");
+      $("#n-alarms-unack").textContent = u.alarms.length + (u.next ? "+" : "") + " unacknowledged";
+    };
+    const ap = every(10000, alarms);
+    live("types=alarms", { alarms: () => ap.now() });
     every(5000, async () => {
       const m = await api("GET", "/metrics");
       let n = 0;
@@ -145,6 +152,7 @@
   function ownOverview() {
     for (const id of ["#h-expiry", "#h-fw", "#h-rate", "#h-events"]) $(id).closest("section").hidden = true;
     $("#n-rate").closest(".card").hidden = true;
+    $("#card-alarms").hidden = true;
     every(5000, async () => {
       const [all, on] = await Promise.all([api("GET", "/v1/devices?limit=1&count=true"), api("GET", "/v1/devices?limit=1&count=true&online=true")]);
       $("#n-devices").textContent = all.total;
@@ -313,6 +321,7 @@
     });
     if (role !== "operator") { telemetry(base); attributes(base); rpc(base); events(name); }
     certs(base);
+    if (TL.deviceAlarms) TL.deviceAlarms(name);
     owners(name);
     release(name);
   }
