@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,7 +16,6 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/thingline/thingline/bus"
 	"github.com/thingline/thingline/node"
@@ -45,35 +43,6 @@ func backends(t *testing.T) []backend {
 		t.Log("THINGLINE_TEST_POSTGRES not set: PostgreSQL variants skipped")
 	}
 	return bs
-}
-
-// schemaURL makes a fresh PostgreSQL schema for one test.
-func schemaURL(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("THINGLINE_TEST_POSTGRES")
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		t.Fatalf("postgres: %v", err)
-	}
-	schema := fmt.Sprintf("rpc_%d", time.Now().UnixNano())
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	conn.Close(ctx)
-	t.Cleanup(func() {
-		conn, err := pgx.Connect(ctx, base)
-		if err != nil {
-			return
-		}
-		defer conn.Close(ctx)
-		conn.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE")
-	})
-	u, _ := url.Parse(base)
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
 }
 
 type cloud struct {
@@ -261,7 +230,7 @@ func notices(t *testing.T, b bus.Bus) func(id int64) []store.RPCStatus {
 
 func prepare(t *testing.T, b backend) backend {
 	if b.storeURL == "postgres" {
-		b.storeURL = schemaURL(t)
+		b.storeURL = tstest.PostgresSchema(t, "rpc")
 	}
 	return b
 }
@@ -421,7 +390,7 @@ func TestPersistentRPCTwoNodes(t *testing.T) {
 	if os.Getenv("THINGLINE_TEST_POSTGRES") == "" || os.Getenv("THINGLINE_TEST_NATS") == "" {
 		t.Skip("THINGLINE_TEST_POSTGRES and THINGLINE_TEST_NATS are needed for two nodes")
 	}
-	b := backend{storeURL: schemaURL(t), busURL: os.Getenv("THINGLINE_TEST_NATS")}
+	b := backend{storeURL: tstest.PostgresSchema(t, "rpc"), busURL: os.Getenv("THINGLINE_TEST_NATS")}
 	a := start(t, t.TempDir(), b, "node-a", "")
 	nb := start(t, t.TempDir(), b, "node-b", a.n.PKIDir())
 	d := newDevice(t, a, "SN-TWO")
