@@ -214,6 +214,8 @@ func TestConsoleLiveDevice(t *testing.T) {
 		waitJS(`document.querySelectorAll("#latest tr").length >= 2`),
 		attr(chromedp.CSS(`.chart svg path.line`), "d", &path1),
 	)
+	// The page follows the API's event stream through the console.
+	run(t, ctx, "streaming", waitJS(`document.body.dataset.live === "on" && document.querySelector("#live-note").textContent.includes("streaming")`))
 	run(t, ctx, "the chart grows live",
 		waitJS(fmt.Sprintf(`document.querySelector(".chart svg path.line").getAttribute("d").length > %d`, len(path1))),
 		attr(chromedp.CSS(`.chart svg path.line`), "d", &path2),

@@ -83,8 +83,9 @@
     const st = { open: false };
     if (!window.EventSource) return st;
     const es = new EventSource("/console/api/v1/stream?" + params);
-    es.onopen = () => { st.open = true; };
-    es.onerror = () => { st.open = false; };
+    const mark = () => { document.body.dataset.live = st.open ? "on" : "off"; if (st.onchange) st.onchange(st.open); };
+    es.onopen = () => { st.open = true; mark(); };
+    es.onerror = () => { st.open = false; mark(); };
     for (const t in on) es.addEventListener(t, e => { let n; try { n = JSON.parse(e.data); } catch (_) { return; } on[t](n); });
     window.addEventListener("pagehide", () => es.close());
     return st;
@@ -357,6 +358,7 @@
       $$(".range button").forEach(o => o.setAttribute("aria-pressed", o === b));
       range = b.dataset.range; zoom = null;
       $("#live-note").textContent = range === "live" ? "Live: the last minutes, as values arrive." : "History: " + b.textContent + " up to now.";
+      if (range === "live") liveNote();
       (range === "live" ? loadLive() : history_()).catch(e => status(e.message, true));
     }));
     loadLive().catch(e => status(e.message, true));
@@ -368,6 +370,9 @@
       if (old && old.isConnected) { old.replaceWith(row); return; }
       const keys = Object.keys(latestRows).sort(), body = $("#latest");
       fill(body, keys.map(key => latestRows[key]));
+    };
+    const liveNote = () => {
+      if (range === "live") $("#live-note").textContent = stream.open ? "Live: each value as it arrives (streaming)." : "Live: the latest values every 2 s.";
     };
     const stream = live("types=telemetry&device=" + enc(param), {
       telemetry: n => {
@@ -381,6 +386,7 @@
         }
       },
     });
+    stream.onchange = liveNote;
     every(2000, async () => {
       if (stream.open && Object.keys(latestRows).length) return;
       const latest = await api("GET", base + "/telemetry/latest");
