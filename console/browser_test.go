@@ -628,6 +628,21 @@ func TestConsoleClaimAndTransfer(t *testing.T) {
 		chromedp.Navigate(base+"/console/devices/"+sn),
 		waitJS(`document.querySelector("#status").textContent.includes("not found")`),
 	)
+	// What alice keeps: her epoch, ended by the transfer, and its export
+	// (bounded to her time) while the policy keeps it.
+	var href string
+	run(t, ctx, "alice's previous device",
+		chromedp.Navigate(base+"/console/account"),
+		waitJS(`document.querySelector("#epochs").textContent.includes("transferred")`),
+	)
+	screenshot(t, ctx, "epochs")
+	var exported float64
+	run(t, ctx, "the export link (the default policy keeps an ended epoch's data)",
+		attr(chromedp.CSS(`#epochs a[download]`), "href", &href),
+		into(chromedp.Evaluate[float64](`fetch(document.querySelector("#epochs a[download]").href).then(r => r.json()).then(j => j.telemetry.temperature[j.telemetry.temperature.length-1].ts)`, chromedp.EvalAwaitPromise), &exported))
+	if !strings.HasPrefix(href, "/console/api/v1/ownership/epochs/") || int64(exported) > claimed.Add(time.Second).UnixMilli() {
+		t.Errorf("alice's export %q reaches %d, after bob's claim at %d", href, int64(exported), claimed.UnixMilli())
+	}
 	signOut(t, ctx)
 
 	login(t, ctx, base)

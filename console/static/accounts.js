@@ -45,6 +45,18 @@
           try { await api("DELETE", "/v1/tokens/" + t.id); status("Revoked"); load(); } catch (e) { status(e.message, true); }
         } }, "Revoke")))) : empty(6, "no live tokens"));
     };
+    const epochs = async () => {
+      const r = await api("GET", "/v1/ownership/epochs");
+      const now = Date.now();
+      fill($("#epochs"), r.epochs.length ? r.epochs.map(e => h("tr", {},
+        h("td", {}, e.until ? e.device : TL.devLink(e.device)), h("td", {}, when(e.since)),
+        h("td", {}, e.until ? when(e.until) : h("span", { class: "badge online" }, "yours")), h("td", {}, e.ended || ""),
+        h("td", {}, e.keepUntil ? when(e.keepUntil) : e.until ? "not kept" : ""),
+        h("td", {}, e.until && e.keepUntil && new Date(e.keepUntil) > now && e.ended !== "deleted" ?
+          h("a", { href: "/console/api/v1/ownership/epochs/" + e.id + "/telemetry?limit=10000", download: e.device + "-epoch-" + e.id + ".json" }, "Export telemetry") : null))) :
+        empty(6, "you have not owned a device yet"));
+    };
+    epochs().catch(e => status(e.message, true));
     $("#token-form").addEventListener("submit", async e => {
       e.preventDefault();
       try {
