@@ -115,8 +115,8 @@ func (d *Dispatcher) Close() {
 	if stop != nil {
 		stop()
 	}
-	d.cancel()
 	d.mu.Lock()
+	d.cancel()
 	for id, t := range d.timers {
 		t.Stop()
 		delete(d.timers, id)
@@ -159,10 +159,11 @@ func (d *Dispatcher) onNotice(data []byte) {
 
 // kick makes sure a pass over the device's calls runs after now.
 func (d *Dispatcher) kick(device string) {
-	if d.ctx.Err() != nil {
+	d.mu.Lock()
+	if d.ctx.Err() != nil { // closed: no goroutine may start after Close waited
+		d.mu.Unlock()
 		return
 	}
-	d.mu.Lock()
 	if d.running[device] {
 		d.again[device] = true
 		d.mu.Unlock()
@@ -339,6 +340,9 @@ func (d *Dispatcher) expire(ctx context.Context, r store.RPC) {
 func (d *Dispatcher) startTimer(id int64, n int, wait time.Duration) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.ctx.Err() != nil {
+		return // closed; the sweep of whichever node runs next ends it
+	}
 	if old := d.timers[id]; old != nil {
 		old.Stop()
 	}
