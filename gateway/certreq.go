@@ -7,6 +7,8 @@ import (
 	"errors"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/thingline/thingline/pki"
 	"github.com/thingline/thingline/store"
 )
@@ -38,6 +40,15 @@ const (
 )
 
 const certResponseTopic = v1Prefix + "cert/response"
+
+// newRotationsMetric counts rotation requests by result: "issued" or the
+// refusal reason of the certificate-refused event.
+func newRotationsMetric() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "thingline", Subsystem: "gateway", Name: "certificate_requests_total",
+		Help: "Certificate rotation requests by result (issued, or the refusal reason).",
+	}, []string{"result"})
+}
 
 // certDefaults fills in the rotation and revocation settings of the Config.
 func (s *Server) certDefaults() {
@@ -104,6 +115,7 @@ func (ss *session) answerCertRequest(ctx context.Context, csr string, perr error
 	s := ss.srv
 	now := s.now()
 	refuse := func(reason, msg string) {
+		s.met.rotations.WithLabelValues(reason).Inc()
 		ss.certResponse(map[string]string{"error": msg})
 		if s.limited(ss.dev.Name, store.EventCertRefused) {
 			s.met.eventsDropped.Inc()
@@ -159,6 +171,7 @@ func (ss *session) answerCertRequest(ctx context.Context, csr string, perr error
 	detail, _ := json.Marshal(map[string]any{"serial": serial, "previous": ss.serial, "notAfter": leaf.NotAfter,
 		"retireAt": now.Add(s.cfg.RotationGrace)})
 	s.event(store.Event{Device: ss.dev.Name, Kind: store.EventCertIssued, Addr: ss.addr, Detail: detail})
+	s.met.rotations.WithLabelValues("issued").Inc()
 	ss.certResponse(map[string]any{"cert": string(chain), "serial": serial, "notAfter": leaf.NotAfter})
 }
 

@@ -129,6 +129,12 @@ func TestCertRotationRequest(t *testing.T) {
 		t.Errorf("request beyond the limit answered %s", m.payload)
 	}
 
+	if got := counterValue(e.srv.met.rotations.WithLabelValues("issued")); got != 1 {
+		t.Errorf("certificate_requests_total{result=issued} = %v", got)
+	}
+	if got := counterValue(e.srv.met.rotations.WithLabelValues("bad-csr")); got != 3 {
+		t.Errorf("certificate_requests_total{result=bad-csr} = %v, want 3", got)
+	}
 	// The device reconnects with its new certificate: the same device.
 	c.Disconnect(100)
 	nc := tls.Certificate{Certificate: [][]byte{nl.Raw, e.inter.cert.Raw}, PrivateKey: key, Leaf: nl}

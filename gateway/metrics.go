@@ -20,6 +20,7 @@ type metrics struct {
 	ackLatency    prometheus.Histogram
 	eventsDropped prometheus.Counter
 	cuts          *prometheus.CounterVec // reason: see admission.go
+	rotations     *prometheus.CounterVec // result: see certreq.go
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -55,14 +56,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	m.cuts = newCutsMetric()
+	m.rotations = newRotationsMetric()
 	m.byKind = map[string]prometheus.Counter{}
-	for _, k := range []string{"telemetry", "attributes", "attribute-request", "rpc-response", "rpc-request", "firmware-request", "claim"} {
+	for _, k := range []string{"telemetry", "attributes", "attribute-request", "rpc-response", "rpc-request", "firmware-request", "claim", "cert-request"} {
 		m.byKind[k] = m.messages.WithLabelValues(k)
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.sessions, m.handshakes, m.refusals, m.messages, m.rejected, m.ackLatency, m.eventsDropped, m.cuts} {
+	for _, c := range []prometheus.Collector{m.sessions, m.handshakes, m.refusals, m.messages, m.rejected, m.ackLatency, m.eventsDropped, m.cuts, m.rotations} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway: registering metrics: %w", err)
 		}

@@ -1020,6 +1020,7 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 	case pubCertRequest:
 		csr, err := parseCertRequest(pk.Payload)
 		w.fn = func(ctx context.Context) { ss.answerCertRequest(ctx, csr, err) }
+		s.met.byKind["cert-request"].Inc()
 	case pubClaim:
 		req, err := parseClaim(pk.Payload)
 		if err != nil {
