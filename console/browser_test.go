@@ -140,7 +140,13 @@ func waitJS(expr string) chromedp.Action[chromedp.Void] {
 func screenshot(t *testing.T, ctx context.Context, name string) {
 	t.Helper()
 	var png []byte
-	run(t, ctx, "screenshot "+name, into(chromedp.FullScreenshot(100), &png))
+	var errs string
+	run(t, ctx, "screenshot "+name,
+		into(chromedp.Evaluate[string](`(document.body.dataset.jsErrors || "0") + "/" + (document.body.dataset.cspViolations || "0") + (document.body.dataset.lastError ? ": " + document.body.dataset.lastError : "")`), &errs),
+		into(chromedp.FullScreenshot(100), &png))
+	if !strings.HasPrefix(errs, "0/0") {
+		t.Errorf("%s: script errors / CSP refusals on the page: %s", name, errs)
+	}
 	dir := t.TempDir()
 	if os.Getenv("THINGLINE_SCREENSHOTS") != "" {
 		dir = filepath.Join("..", "docs", "screenshots")
@@ -606,7 +612,6 @@ func TestConsoleClaimAndTransfer(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitClaimRequest(t, n, sn, true)
-	claimed := time.Now()
 	loginAs(t, ctx, base, "bob")
 	claim("bob", "transferred")
 	// What bob's console gets of the device's history starts at his claim.
@@ -616,7 +621,21 @@ func TestConsoleClaimAndTransfer(t *testing.T) {
 		waitJS(`document.querySelectorAll(".chart svg path.line").length >= 2`),
 		into(chromedp.Evaluate[float64](fmt.Sprintf(`fetch("/console/api/v1/devices/%s/telemetry?order=asc&limit=10000&keys=temperature").then(r => r.json()).then(j => j.temperature[0].ts)`, sn), chromedp.EvalAwaitPromise), &first),
 	)
-	if int64(first) < claimed.Add(-time.Second).UnixMilli() {
+	// The bounds: bob's epoch begins where alice's ends, at his claim.
+	var own struct {
+		Owners []struct {
+			Username     string
+			Since, Until time.Time
+		} `json:"owners"`
+	}
+	if apiAs(t, n, adminToken, "GET", "/api/v1/devices/"+sn+"/owners", "", &own); len(own.Owners) != 2 {
+		t.Fatalf("owners: %+v", own)
+	}
+	claimed := own.Owners[1].Since
+	if own.Owners[0].Username != "alice" || own.Owners[1].Username != "bob" || !own.Owners[0].Until.Equal(claimed) {
+		t.Fatalf("owners: %+v; want alice's epoch ending where bob's begins", own)
+	}
+	if int64(first) < claimed.UnixMilli() {
 		t.Errorf("bob's oldest point is at %d, before his claim at %d", int64(first), claimed.UnixMilli())
 	}
 	signOut(t, ctx)
@@ -640,7 +659,7 @@ func TestConsoleClaimAndTransfer(t *testing.T) {
 	run(t, ctx, "the export link (the default policy keeps an ended epoch's data)",
 		attr(chromedp.CSS(`#epochs a[download]`), "href", &href),
 		into(chromedp.Evaluate[float64](`fetch(document.querySelector("#epochs a[download]").href).then(r => r.json()).then(j => j.telemetry.temperature[j.telemetry.temperature.length-1].ts)`, chromedp.EvalAwaitPromise), &exported))
-	if !strings.HasPrefix(href, "/console/api/v1/ownership/epochs/") || int64(exported) > claimed.Add(time.Second).UnixMilli() {
+	if !strings.HasPrefix(href, "/console/api/v1/ownership/epochs/") || int64(exported) >= claimed.UnixMilli() {
 		t.Errorf("alice's export %q reaches %d, after bob's claim at %d", href, int64(exported), claimed.UnixMilli())
 	}
 	signOut(t, ctx)

@@ -4,7 +4,8 @@
   const NS = "http://www.w3.org/2000/svg";
   function el(name, attrs, parent) {
     const e = document.createElementNS(NS, name);
-    for (const k in attrs) e.setAttribute(k, attrs[k]);
+    // Styles go through the CSSOM: the console's CSP refuses style attributes.
+    for (const k in attrs) if (k === "style") Object.assign(e.style, attrs[k]); else e.setAttribute(k, attrs[k]);
     if (parent) parent.appendChild(e);
     return e;
   }
@@ -72,7 +73,14 @@
       this.svg.addEventListener("pointermove", e => this.move(e));
       this.svg.addEventListener("pointerup", e => this.up(e));
       this.svg.addEventListener("pointerleave", () => { this.hover = null; if (!this.drag) this.draw(); });
-      new ResizeObserver(() => this.draw()).observe(box);
+      // Redraw on a change of width only, in the next frame: drawing
+      // inside the observer's callback would resize what it observes.
+      let lastW = -1;
+      new ResizeObserver(() => {
+        if (box.clientWidth === lastW) return;
+        lastW = box.clientWidth;
+        requestAnimationFrame(() => this.draw());
+      }).observe(box);
     }
     set(pts, t0, t1) { this.pts = pts; this.win = t0 != null ? [t0, t1] : null; this.draw(); }
     push(t, v, keepMs) {
@@ -165,7 +173,7 @@
     const desc = items.map(i => i.label + ": " + i.value).join(", ");
     if (opts.horizontal) {
       const rowH = 26, lw = Math.min(140, w * 0.35), h = items.length * rowH + 4;
-      const svg = el("svg", { viewBox: "0 0 " + w + " " + h, role: "img", "aria-label": (opts.label || "") + ": " + desc, style: "height:" + h + "px" }, box);
+      const svg = el("svg", { viewBox: "0 0 " + w + " " + h, role: "img", "aria-label": (opts.label || "") + ": " + desc, style: { height: h + "px" } }, box);
       items.forEach((it, i) => {
         const y = i * rowH + 4, bw = (w - lw - 60) * it.value / max;
         text(svg, lw - 8, y + 15, it.label, "barlabel", "end");
@@ -175,7 +183,7 @@
       return;
     }
     const h = 180, b = 36, t = 18, gap = 10, bw = (w - gap) / items.length - gap;
-    const svg = el("svg", { viewBox: "0 0 " + w + " " + h, role: "img", "aria-label": (opts.label || "") + ": " + desc, style: "height:" + h + "px" }, box);
+    const svg = el("svg", { viewBox: "0 0 " + w + " " + h, role: "img", "aria-label": (opts.label || "") + ": " + desc, style: { height: h + "px" } }, box);
     items.forEach((it, i) => {
       const x = gap + i * (bw + gap), bh = (h - b - t) * it.value / max;
       el("rect", { x: x, y: h - b - bh, width: bw, height: Math.max(bh, it.value ? 2 : 0), rx: 3, class: "bar " + (it.cls || "") }, svg);

@@ -3,6 +3,13 @@
 "use strict";
 (function () {
   const $ = (sel, root) => (root || document).querySelector(sel);
+  // Script errors and refusals of the content security policy are counted
+  // on the page (and in the browser's log), so that the browser tests
+  // fail on them instead of on their consequences.
+  const count = k => { document.body.dataset[k] = String(+(document.body.dataset[k] || 0) + 1); };
+  window.addEventListener("error", e => { count("jsErrors"); document.body.dataset.lastError = e.message; });
+  window.addEventListener("unhandledrejection", e => { if (!(e.reason && e.reason.code)) { count("jsErrors"); document.body.dataset.lastError = String(e.reason); } });
+  document.addEventListener("securitypolicyviolation", e => { count("cspViolations"); console.warn("CSP refused", e.violatedDirective, e.blockedURI); });
   const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
   const csrf = ($('meta[name="csrf-token"]') || {}).content || "";
   const view = document.body.dataset.view, param = document.body.dataset.param, role = document.body.dataset.role;
@@ -23,6 +30,8 @@
       const v = attrs[k];
       if (v == null || v === false) continue;
       if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      // Styles go through the CSSOM: the console's CSP refuses style attributes.
+      else if (k === "style") Object.assign(e.style, v);
       else if (k === "text") e.textContent = v;
       else e.setAttribute(k, v === true ? "" : v);
     }
