@@ -165,6 +165,7 @@ func New(cfg Config) *Server {
 	}
 	s.routes = append(s.routes, s.accountRoutes()...)
 	s.routes = append(s.routes, s.ownershipRoutes()...)
+	s.routes = append(s.routes, s.otaRoutes()...)
 	for _, rt := range s.routes {
 		rt.query = queries[rt.Method+" "+rt.Pattern]
 		s.mux.Handle(rt.Method+" "+rt.Pattern, s.wrap(rt))

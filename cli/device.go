@@ -131,6 +131,7 @@ interval. SIGUSR1 is the reset button: a factory reset.`,
 	f.StringVar(&cfg.ClaimSecret, "claim-secret", "", "publish a claim request (v1/devices/me/claim) with this secret key once connected")
 	f.DurationVar(&cfg.ClaimWindow, "claim-window", 10*time.Minute, "how long the claim request stays open")
 	f.StringVar(&cfg.FirmwareVersion, "fw-version", twin.DefaultFirmwareVersion, "firmware version reported when the state names none")
+	f.StringVar(&cfg.OTAFail, "ota-fail", "", "make firmware updates fail, for tests: download, verify, reboot (once, mid-download) or silent")
 	f.StringVar(&cfg.Names.Cert, "cert-name", "device.crt", "certificate file in the image")
 	f.StringVar(&cfg.Names.Key, "key-name", "device.key", "private key file in the image")
 	f.StringVar(&cfg.Names.Chain, "chain-name", "server_chain.pem", "CA chain file in the image")

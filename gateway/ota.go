@@ -65,6 +65,7 @@ func classifyOTA(rest string) (pubKind, string, bool) {
 type fwSession struct {
 	sizes        map[string]int // chunk size per request id
 	lastActivity time.Time
+	lastReport   int64 // At of the last report notice
 }
 
 // fwRequest serves one chunk request; false ends the session.
@@ -191,8 +192,11 @@ func (s *Server) assignedPackage(ctx context.Context, dev store.Device) (int64, 
 // firmware facts (Values), or download activity (Sent of Size bytes of
 // Package served).
 type fwNotice struct {
-	Device  string                     `json:"device"`
-	TS      int64                      `json:"ts"`
+	Device string `json:"device"`
+	TS     int64  `json:"ts"`
+	// At orders the reports of a device (ns, strictly increasing within
+	// a session): engines on several nodes skip what is not newer.
+	At      int64                      `json:"at,omitempty"`
 	Values  map[string]json.RawMessage `json:"values,omitempty"`
 	Package int64                      `json:"package,omitempty"`
 	Sent    int64                      `json:"sent,omitempty"`
@@ -235,8 +239,12 @@ func (ss *session) fwReport(recs []store.Record, kvs []store.KV) func(context.Co
 	if values == nil {
 		return nil
 	}
-	b, _ := json.Marshal(fwNotice{Device: ss.dev.Name, TS: ts, Values: values})
 	return func(ctx context.Context) {
+		ss.mu.Lock()
+		at := max(time.Now().UnixNano(), ss.fw.lastReport+1)
+		ss.fw.lastReport = at
+		ss.mu.Unlock()
+		b, _ := json.Marshal(fwNotice{Device: ss.dev.Name, TS: ts, At: at, Values: values})
 		if err := ss.srv.bus.Publish(ctx, bus.TopicOTAReport, b); err != nil {
 			ss.srv.log.Debug("gateway: firmware report", "device", ss.dev.Name, "err", err)
 		}

@@ -34,6 +34,7 @@ import (
 	"github.com/thingline/thingline/certmon"
 	"github.com/thingline/thingline/console"
 	"github.com/thingline/thingline/gateway"
+	"github.com/thingline/thingline/ota"
 	"github.com/thingline/thingline/ownership"
 	"github.com/thingline/thingline/pki"
 	"github.com/thingline/thingline/retention"
@@ -76,7 +77,10 @@ type Config struct {
 	Retention retention.Config
 	// APIBodyTimeout bounds the reading of a REST request body; 0 means 30 s.
 	APIBodyTimeout time.Duration
-	Logger         *slog.Logger
+	// OTA tunes the firmware update engine (timeouts, attempts, tick);
+	// its Store, Bus and Logger are the node's.
+	OTA    ota.Config
+	Logger *slog.Logger
 	// Out receives what a person starting the node must read: where the
 	// development PKI is, the admin token the first time. Default stderr.
 	Out io.Writer
@@ -89,6 +93,7 @@ type Node struct {
 	bus     bus.Bus
 	gw      *gateway.Server
 	rpc     *rpc.Dispatcher
+	ota     *ota.Engine
 	mqttLn  net.Listener
 	httpLn  net.Listener
 	httpSrv *http.Server
@@ -245,6 +250,11 @@ func (n *Node) start(ctx context.Context) (err error) {
 		return startErr("starting persistent RPC", err, "check the bus named in the error")
 	}
 	n.epochs = ownership.Start(ownership.Config{Store: n.store, Logger: n.cfg.Logger})
+	otaCfg := cfg.OTA
+	otaCfg.Store, otaCfg.Bus, otaCfg.Logger = n.store, n.bus, cfg.Logger
+	if n.ota, err = ota.Start(otaCfg); err != nil {
+		return startErr("starting the firmware update engine", err, "check the store and bus named in the error")
+	}
 	apiSrv := api.New(api.Config{
 		Store:          n.store,
 		Bus:            n.bus,
@@ -476,6 +486,9 @@ func (n *Node) Close() error {
 	}
 	if n.retain != nil {
 		n.retain.Close()
+	}
+	if n.ota != nil {
+		n.ota.Close()
 	}
 	if n.bus != nil {
 		errs = append(errs, n.bus.Close())

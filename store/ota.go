@@ -67,7 +67,11 @@ type OTADevice struct {
 	CurrentTitle   string    `json:"currentTitle,omitempty"` // last current_fw_title reported
 	CurrentVersion string    `json:"currentVersion,omitempty"`
 	StateAt        time.Time `json:"stateAt"`
-	Deadline       time.Time `json:"deadline,omitzero"` // zero: no deadline (QUEUED waiting for its wave)
+	// ReportAt is when the gateway received the last device report
+	// applied: a report not newer is stale (another node's engine, or a
+	// late copy) and changes nothing.
+	ReportAt time.Time `json:"-"`
+	Deadline time.Time `json:"deadline,omitzero"` // zero: no deadline (QUEUED waiting for its wave)
 	// Rev is the row's revision: UpdateOTADevice writes only over the
 	// revision it read, which is how several nodes agree on who acts.
 	Rev int64 `json:"-"`
@@ -177,4 +181,62 @@ type OTA interface {
 	// CancelOTARolloutQueued marks the rollout's still-QUEUED devices
 	// CANCELED (abort) and returns how many.
 	CancelOTARolloutQueued(ctx context.Context, id int64, reason string, at time.Time) (int, error)
+}
+
+// OTAProgress counts a rollout's members by outcome, overall and per wave.
+type OTAProgress struct {
+	Total      int               `json:"total"`
+	Queued     int               `json:"queued"`
+	InProgress int               `json:"inProgress"`
+	Updated    int               `json:"updated"`
+	Failed     int               `json:"failed"`
+	Canceled   int               `json:"canceled"`
+	Waves      []OTAWaveProgress `json:"waves"`
+}
+
+// OTAWaveProgress is one wave's count.
+type OTAWaveProgress struct {
+	Wave       int `json:"wave"`
+	Size       int `json:"size"`
+	Queued     int `json:"queued"`
+	InProgress int `json:"inProgress"`
+	Updated    int `json:"updated"`
+	Failed     int `json:"failed"`
+	Canceled   int `json:"canceled"`
+}
+
+// CountOTARollout tallies a rollout's members into an OTAProgress with one
+// entry per wave.
+func CountOTARollout(waves []int, members []OTARolloutMember) OTAProgress {
+	p := OTAProgress{Waves: make([]OTAWaveProgress, len(waves))}
+	for i, n := range waves {
+		p.Waves[i] = OTAWaveProgress{Wave: i, Size: n}
+	}
+	for _, m := range members {
+		p.Total++
+		var w *OTAWaveProgress
+		if m.Wave >= 0 && m.Wave < len(p.Waves) {
+			w = &p.Waves[m.Wave]
+		} else {
+			w = &OTAWaveProgress{}
+		}
+		switch m.State {
+		case OTAQueued:
+			p.Queued++
+			w.Queued++
+		case OTAUpdated:
+			p.Updated++
+			w.Updated++
+		case OTAFailed:
+			p.Failed++
+			w.Failed++
+		case OTACanceled:
+			p.Canceled++
+			w.Canceled++
+		default:
+			p.InProgress++
+			w.InProgress++
+		}
+	}
+	return p
 }

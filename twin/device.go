@@ -108,6 +108,11 @@ type cloudConfig struct {
 	minInterval time.Duration
 	claimSecret string // twin/claim.go
 	claimWindow time.Duration
+	// OTA (twin/ota.go).
+	otaFail         string
+	otaChunk        int
+	otaChunkTimeout time.Duration
+	otaRebooted     *atomic.Bool // the reboot failure was acted out once
 }
 
 // device is one twin's cloud side: its MQTT session, its sensor and its
@@ -136,6 +141,13 @@ type device struct {
 	nextAttr   time.Time
 	inflight   int
 	claimed    bool // the claim secret got a final answer (twin/claim.go)
+	// OTA (twin/ota.go): the session's download channel, the version
+	// being downloaded, the last chunk request id, a reboot asked for.
+	ota           *otaSession
+	downloading   string
+	failedVersion string
+	reqID         int
+	rebootAsked   bool
 }
 
 func newDevice(id *Identity, cc *cloudConfig, st State, persist func(State) error) *device {
@@ -322,7 +334,8 @@ func (d *device) session(ctx context.Context, c *mqttConn) error {
 	stop := context.AfterFunc(ctx, func() { c.disconnect() })
 	defer stop()
 	rotates := d.rotateWithin > 0 && d.saveIdentity != nil
-	filters := []string{TopicRPCRequest + "+", TopicAttributes, TopicClaimResponse}
+	// The OTA filters are the SDK's (twin/ota.go).
+	filters := []string{TopicRPCRequest + "+", TopicAttributes, TopicClaimResponse, topicAttrResponse + "+", topicFWResponse + "+"}
 	if rotates {
 		filters = append(filters, TopicCertResponse)
 	}
@@ -347,6 +360,9 @@ func (d *device) session(ctx context.Context, c *mqttConn) error {
 	attrs, _ := json.Marshal(kv)
 	d.conn = c
 	d.inflight = 1
+	octx, endOTA := context.WithCancel(ctx)
+	defer endOTA()
+	d.ota = &otaSession{ctx: octx, chunks: make(chan fwChunk, 4)}
 	d.nextAttr = now.Add(d.cc.attrEvery)
 	if d.nextTele.Before(now) {
 		d.nextTele = now
@@ -358,6 +374,7 @@ func (d *device) session(ctx context.Context, c *mqttConn) error {
 	defer func() {
 		d.mu.Lock()
 		d.conn = nil
+		d.ota = nil
 		d.inflight = 0
 		d.mu.Unlock()
 		d.cc.stats.Connected.Add(-1)
@@ -371,11 +388,17 @@ func (d *device) session(ctx context.Context, c *mqttConn) error {
 			return fmt.Errorf("claiming: %w", err)
 		}
 	}
+	if err := d.otaOnConnect(c); err != nil {
+		return fmt.Errorf("reporting firmware: %w", err)
+	}
 	d.cc.sched.schedule(d, now)
 	for {
 		c.conn.SetReadDeadline(time.Now().Add(d.cc.keepalive * 3 / 2))
 		pk, err := c.read()
 		if err != nil {
+			if d.takeReboot() {
+				return errReboot
+			}
 			return fmt.Errorf("session: %w", err)
 		}
 		switch pk.FixedHeader.Type {
@@ -432,11 +455,13 @@ func (d *device) handlePublish(c *mqttConn, topic string, payload []byte) error 
 		}
 		return action
 	case topic == TopicAttributes:
-		d.applyAttributes(payload)
+		d.applyAttributes(c, payload)
 	case topic == TopicCertResponse:
 		d.deliverCertAnswer(payload)
 	case topic == TopicClaimResponse:
 		d.claimResponse(payload)
+	default:
+		d.otaPublish(c, topic, payload)
 	}
 	return nil
 }
@@ -550,9 +575,9 @@ func (d *device) setInterval(ms int64) error {
 }
 
 // applyAttributes applies the shared attributes the firmware understands:
-// interval (ms) and the OTA announcement (fw_title, fw_version). Others are
-// ignored, as the firmware ignores keys it does not know.
-func (d *device) applyAttributes(payload []byte) {
+// interval (ms) and the firmware announcement (fw_*, twin/ota.go). Others
+// are ignored, as the firmware ignores keys it does not know.
+func (d *device) applyAttributes(c *mqttConn, payload []byte) {
 	var kv map[string]json.RawMessage
 	if err := json.Unmarshal(payload, &kv); err != nil {
 		d.cc.logf("%s: ignoring bad attribute update: %v", d.id.SN, err)
@@ -565,23 +590,7 @@ func (d *device) applyAttributes(payload []byte) {
 			}
 		}
 	}
-	var title, version string
-	json.Unmarshal(kv["fw_title"], &title)
-	json.Unmarshal(kv["fw_version"], &version)
-	if version == "" {
-		return
-	}
-	d.mu.Lock()
-	if version == d.fwVersion() {
-		d.mu.Unlock()
-		return
-	}
-	d.st.PendingOTA = &PendingOTA{Title: title, Version: version}
-	st := d.st.clone()
-	d.mu.Unlock()
-	if d.persist != nil {
-		if err := d.persist(st); err != nil {
-			d.cc.logf("%s: %v", d.id.SN, err)
-		}
+	if _, ok := kv["fw_version"]; ok && c != nil {
+		d.otaOffer(c, payload)
 	}
 }

@@ -57,6 +57,6 @@ func FuzzDeviceRPC(f *testing.F) {
 		if len(reply) == 0 || reply[0] != '{' {
 			t.Fatalf("reply %q", reply)
 		}
-		d.applyAttributes(b)
+		d.applyAttributes(nil, b)
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -121,7 +122,8 @@ func NewSim(cfg SimConfig) (*Sim, error) {
 		broker: b, keepalive: tc.Keepalive, timeout: tc.Timeout, backoffMin: tc.BackoffMin,
 		backoffMax: tc.BackoffMax, attrEvery: tc.AttrEvery, interval: tc.Interval,
 		fwVersion: tc.FirmwareVersion, stats: s.stats, logf: tc.Logf, sched: newScheduler(),
-		ramp: newPacer(cfg.Ramp).wait,
+		ramp: newPacer(cfg.Ramp).wait, otaChunk: tc.OTAChunkSize, otaChunkTimeout: tc.OTAChunkTimeout,
+		otaRebooted: new(atomic.Bool),
 	}
 	ids := make([]*Identity, len(dirs))
 	errs := make([]error, len(dirs))

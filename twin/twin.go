@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -57,6 +58,11 @@ type Config struct {
 	// own expires within this, and stores it in its SPIFFS image (see
 	// rotate.go); 0 never rotates. The CLI's default is DefaultRotateWithin.
 	RotateWithin time.Duration
+	// OTAFail makes firmware updates fail on purpose (twin/ota.go:
+	// download, verify, reboot, silent); "" updates normally.
+	OTAFail         string
+	OTAChunkSize    int           // bytes per firmware chunk request, 4096
+	OTAChunkTimeout time.Duration // wait for a chunk before asking again, 10 s
 
 	// ClaimSecret makes the twin publish a ThingsBoard claim request with
 	// this secret once connected (and on each connection until the cloud
@@ -106,6 +112,10 @@ func (c *Config) defaults() {
 	setDur(&c.Timeout, 10*time.Second)
 	setDur(&c.CleanupDelay, time.Second)
 	setDur(&c.ClaimWindow, 10*time.Minute)
+	if c.OTAChunkSize <= 0 {
+		c.OTAChunkSize = 4096
+	}
+	setDur(&c.OTAChunkTimeout, otaChunkTimeout)
 	if c.FirmwareVersion == "" {
 		c.FirmwareVersion = DefaultFirmwareVersion
 	}
@@ -129,6 +139,9 @@ func New(cfg Config) (*Twin, error) {
 	if cfg.Sec < 0 || cfg.Sec > 2 {
 		return nil, fmt.Errorf("twin: security scheme %d: want 0, 1 or 2", cfg.Sec)
 	}
+	if !ValidOTAFail(cfg.OTAFail) {
+		return nil, fmt.Errorf("%w %q: want download, verify, reboot or silent", errOTAFail, cfg.OTAFail)
+	}
 	if cfg.StateDir == "" {
 		return nil, errors.New("twin: no state directory")
 	}
@@ -145,6 +158,7 @@ func New(cfg Config) (*Twin, error) {
 		backoffMin: cfg.BackoffMin, backoffMax: cfg.BackoffMax, attrEvery: cfg.AttrEvery,
 		interval: cfg.Interval, fwVersion: cfg.FirmwareVersion, stats: cfg.Stats, logf: cfg.Logf,
 		claimSecret: cfg.ClaimSecret, claimWindow: cfg.ClaimWindow,
+		otaFail: cfg.OTAFail, otaChunk: cfg.OTAChunkSize, otaChunkTimeout: cfg.OTAChunkTimeout, otaRebooted: new(atomic.Bool),
 	}
 	id, err := t.loadIdentity()
 	if err != nil {

@@ -88,7 +88,8 @@ CREATE TABLE ota_rollout_devices (
   updated_at BIGINT NOT NULL,
   PRIMARY KEY (rollout_id, device_id)
 );
-CREATE INDEX ota_rollout_devices_device ON ota_rollout_devices(device_id)`})
+CREATE INDEX ota_rollout_devices_device ON ota_rollout_devices(device_id)`},
+		Migration{Name: "ota/002", SQL: `ALTER TABLE ota_devices ADD COLUMN report_at BIGINT NOT NULL DEFAULT 0`})
 	RegisterPurge(func(ctx context.Context, tx *Tx, device int64) error {
 		for _, t := range []string{"ota_devices", "ota_history", "ota_rollout_devices"} {
 			if _, err := tx.Exec(ctx, "DELETE FROM "+t+" WHERE device_id=?", device); err != nil {
@@ -237,16 +238,16 @@ func (t *Tables) GetOTAProfile(ctx context.Context, profile string) (int64, erro
 }
 
 const otaDeviceCols = `o.device_id, COALESCE(d.name, ''), o.package_id, o.source, o.rollout_id, o.wave, o.state, o.error,
- o.attempts, o.cur_title, o.cur_version, o.state_at, o.deadline, o.rev`
+ o.attempts, o.cur_title, o.cur_version, o.state_at, o.deadline, o.rev, o.report_at`
 
 const otaDeviceFrom = " FROM ota_devices o LEFT JOIN devices d ON d.id = o.device_id"
 
 func scanOTADevice(sc interface{ Scan(...any) error }) (store.OTADevice, error) {
 	var d store.OTADevice
-	var at, deadline int64
+	var at, deadline, reportAt int64
 	err := sc.Scan(&d.DeviceID, &d.Device, &d.PackageID, &d.Source, &d.RolloutID, &d.Wave, &d.State, &d.Error,
-		&d.Attempts, &d.CurrentTitle, &d.CurrentVersion, &at, &deadline, &d.Rev)
-	d.StateAt, d.Deadline = FromNS(at), FromNS(deadline)
+		&d.Attempts, &d.CurrentTitle, &d.CurrentVersion, &at, &deadline, &d.Rev, &reportAt)
+	d.StateAt, d.Deadline, d.ReportAt = FromNS(at), FromNS(deadline), FromNS(reportAt)
 	return d, err
 }
 
@@ -285,9 +286,9 @@ func putOTADevice(ctx context.Context, tx *Tx, d store.OTADevice) (store.OTADevi
 	}
 	d.Rev = rev + 1
 	if _, err := tx.Exec(ctx, `INSERT INTO ota_devices(device_id, package_id, source, rollout_id, wave, state, error, attempts,
- cur_title, cur_version, state_at, deadline, rev) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+ cur_title, cur_version, state_at, deadline, rev, report_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		d.DeviceID, d.PackageID, d.Source, d.RolloutID, d.Wave, d.State, d.Error, d.Attempts,
-		d.CurrentTitle, d.CurrentVersion, ToNS(d.StateAt), ToNS(d.Deadline), d.Rev); err != nil {
+		d.CurrentTitle, d.CurrentVersion, ToNS(d.StateAt), ToNS(d.Deadline), d.Rev, ToNS(d.ReportAt)); err != nil {
 		return d, err
 	}
 	if _, err := tx.Exec(ctx, `UPDATE ota_rollout_devices SET state=?, error=?, updated_at=?
@@ -346,9 +347,9 @@ func (t *Tables) UpdateOTADevice(ctx context.Context, d store.OTADevice) (store.
 			d.StateAt = time.Now()
 		}
 		res, err := tx.Exec(ctx, `UPDATE ota_devices SET package_id=?, source=?, rollout_id=?, wave=?, state=?, error=?, attempts=?,
- cur_title=?, cur_version=?, state_at=?, deadline=?, rev=rev+1 WHERE device_id=? AND rev=?`,
+ cur_title=?, cur_version=?, state_at=?, deadline=?, report_at=?, rev=rev+1 WHERE device_id=? AND rev=?`,
 			d.PackageID, d.Source, d.RolloutID, d.Wave, d.State, d.Error, d.Attempts, d.CurrentTitle, d.CurrentVersion,
-			ToNS(d.StateAt), ToNS(d.Deadline), d.DeviceID, d.Rev)
+			ToNS(d.StateAt), ToNS(d.Deadline), ToNS(d.ReportAt), d.DeviceID, d.Rev)
 		if err != nil {
 			return err
 		}

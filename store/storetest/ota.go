@@ -49,8 +49,9 @@ func testOTA(t *testing.T, s store.Store) {
 	// Compare-and-set: a second writer with the old revision loses.
 	next := d
 	next.State, next.StateAt, next.Deadline, next.Attempts = store.OTAInitiated, at.Add(time.Second), at.Add(time.Hour), 1
+	next.ReportAt = at.Add(1500 * time.Millisecond)
 	d2, ok, err := s.UpdateOTADevice(ctx, next)
-	if err != nil || !ok || d2.State != store.OTAInitiated || d2.Rev == d.Rev {
+	if err != nil || !ok || d2.State != store.OTAInitiated || d2.Rev == d.Rev || !d2.ReportAt.Equal(next.ReportAt) {
 		t.Fatalf("update: %+v %v %v", d2, ok, err)
 	}
 	stale := d

@@ -34,6 +34,8 @@ var forbidden = map[string][]string{
 	// Alarms, device state and rules run beside the gateway, seeing it only
 	// through the vocabularies and the hook it declares.
 	"alarm": {"gateway", "api", "node", "twin", "factory", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
+	// The OTA engine runs beside the gateway like alarms do.
+	"ota": {"gateway", "api", "node", "twin", "factory", "store/sqlite", "store/postgres", "store/sqldb", "bus/inproc", "bus/nats"},
 	// Firmware checksums are a leaf the API, the OTA engine and the twin share.
 	"ota/checksum": {"gateway", "api", "node", "store", "bus", "twin", "factory", "pki", "ota"},
 	// The console sees the system only through the API's HTTP handler, so
