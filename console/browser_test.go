@@ -504,6 +504,13 @@ func TestConsoleRoles(t *testing.T) {
 	if got := navLinks(t, ctx); got != "Overview Devices Alarms Factory Account" {
 		t.Errorf("operator's navigation = %q", got)
 	}
+	// The operator's overview asks for nothing the API refuses operators
+	// (events are device data): no error shows while it refreshes.
+	run(t, ctx, "operator's overview",
+		waitJS(`document.querySelector("#n-online").textContent === "1"`),
+		waitJS(`document.querySelector("#h-events").closest("section").hidden`),
+		waitJS(`document.querySelector("#status").textContent === ""`),
+	)
 	var tabs string
 	run(t, ctx, "operator on a device page",
 		chromedp.Navigate(base+"/console/devices/"+sn),

@@ -175,6 +175,10 @@ func TestSignInAndProxy(t *testing.T) {
 	if resp, body := c.do("GET", "/console/api/metrics", "", nil); resp.StatusCode != 200 || !strings.Contains(body, "# HELP") {
 		t.Errorf("metrics through the console = %d", resp.StatusCode)
 	}
+	// Escaped path segments reach the API as they were sent.
+	if resp, body := c.do("GET", "/console/api/v1/devices/a%2Fb", "", nil); resp.StatusCode != 404 || !strings.Contains(body, `\"a/b\"`) {
+		t.Errorf("escaped device name through the console = %d %s", resp.StatusCode, body)
+	}
 	if resp, _ := c.do("GET", "/console/api/other", "", nil); resp.StatusCode != 404 {
 		t.Errorf("unknown data path = %d", resp.StatusCode)
 	}

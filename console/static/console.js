@@ -119,6 +119,7 @@
   // ---- overview ----
   function overview() {
     if (!staff) return ownOverview();
+    if (role === "operator") $("#h-events").closest("section").hidden = true;
     const rate = [];
     let last = null;
     const rateChart = new TLChart.Line($("#rate-chart"), { label: "Messages per second" });
@@ -131,6 +132,8 @@
         { label: "Devices by certificate expiry" });
       const fw = Object.entries(f.firmware).sort((a, b) => b[1] - a[1]).map(([k, v]) => ({ label: k || "unknown", value: v }));
       TLChart.bars($("#fw-chart"), fw, { horizontal: true, label: "Devices per firmware version", empty: "no device reported a version" });
+      // Events are device data: operators do not get them.
+      if (role === "operator") return;
       const ev = await api("GET", "/v1/events?limit=10");
       fill($("#events"), ev.events.length ? ev.events.map(e => h("tr", {},
         h("td", {}, timeEl(e.time)), h("td", {}, e.device ? devLink(e.device) : "–"),
