@@ -303,3 +303,37 @@ func TestThingsBoardSDKDevice(t *testing.T) {
 		})
 	}
 }
+
+// TestProfileAssignment: a package assigned to a profile reaches the
+// devices of the profile that are connected, and a device of the profile
+// that first appears afterwards is adopted when it reports its firmware.
+func TestProfileAssignment(t *testing.T) {
+	c := newCloud(t, fastOTA())
+	var f fleet
+	c.runTwin(&f, 0, "SN-P1", "")
+	waitConnected(t, &f, "SN-P1")
+	p, _ := c.upload(twin.FirmwareTitle, "5.0.0", 9000, "murmur3_128")
+	var res struct {
+		Queued int `json:"queued"`
+	}
+	b := []byte(fmt.Sprintf(`{"package":%d}`, p.ID))
+	if code := c.api(0, "PUT", "/api/v1/ota/profiles/default", "application/json", b, &res); code != 200 || res.Queued != 1 {
+		t.Fatalf("profile assignment: %d %+v", code, res)
+	}
+	c.runTwin(&f, 0, "SN-P2", "") // a new device of the profile
+	for _, sn := range []string{"SN-P1", "SN-P2"} {
+		tstest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+			if v := f.twins[sn].View(); v.FWVersion != "5.0.0" {
+				return fmt.Errorf("%s runs %s", sn, v.FWVersion)
+			}
+			if s := c.deviceOTA(0, sn); s.State == nil || s.State.State != store.OTAUpdated {
+				return fmt.Errorf("%s: %s", sn, historyStates(s))
+			}
+			return nil
+		})
+	}
+	// The package is in use: it cannot be deleted until unassigned.
+	if code := c.api(0, "DELETE", fmt.Sprintf("/api/v1/ota/packages/%d", p.ID), "", nil, nil); code != 409 {
+		t.Errorf("deleting a profile's package: %d, want 409", code)
+	}
+}

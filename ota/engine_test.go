@@ -1,0 +1,57 @@
+package ota
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/thingline/thingline/bus/inproc"
+	"github.com/thingline/thingline/store"
+	"github.com/thingline/thingline/store/sqlite"
+)
+
+// TestReconcileFromStoredTelemetry: a report the full queue dropped is
+// not lost: the next sweep reads the stored fw_state and applies it.
+func TestReconcileFromStoredTelemetry(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "t.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	b := inproc.New()
+	defer b.Close()
+	e, err := Start(Config{Store: st, Bus: b, Tick: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	d, _, _, err := st.EnsureDevice(ctx, store.Device{Name: "SN-Q", Profile: "default"}, store.Credential{Serial: "1", SHA256: "a"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := st.CreateOTAPackage(ctx, store.OTAPackage{Title: "fw", Version: "2", Checksum: "x", ChecksumAlgorithm: "SHA256"}, []byte("image"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().Add(-time.Minute)
+	if _, err := st.PutOTADevice(ctx, store.OTADevice{DeviceID: d.ID, PackageID: p.ID, Source: store.OTASourceDevice,
+		State: store.OTADownloading, StateAt: at, Deadline: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	val, _ := json.Marshal(store.OTAVerified)
+	if err := st.AppendTelemetry(ctx, []store.Record{{DeviceID: d.ID, TS: time.Now().UnixMilli(), Values: []store.KV{{Key: "fw_state", Value: val}}}}); err != nil {
+		t.Fatal(err)
+	}
+	e.missed.Store(true)
+	e.sweep(ctx)
+	row, err := st.GetOTADevice(ctx, d.ID)
+	if err != nil || row.State != store.OTAVerified {
+		t.Fatalf("after reconcile: %+v %v, want VERIFIED", row, err)
+	}
+	if e.missed.Load() {
+		t.Error("still marked as missing reports")
+	}
+}
