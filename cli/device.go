@@ -129,6 +129,8 @@ interval. SIGUSR1 is the reset button: a factory reset.`,
 	f.DurationVar(&cfg.AttrEvery, "uptime-every", time.Minute, "period of the uptime client attribute")
 	f.DurationVar(&cfg.RotateWithin, "rotate-within", twin.DefaultRotateWithin, "ask the cloud for a new certificate when the current one expires within this (0: never)")
 	f.StringVar(&cfg.ClaimSecret, "claim-secret", "", "publish a claim request (v1/devices/me/claim) with this secret key once connected")
+	f.StringSliceVar(&cfg.RPC.Ignore, "rpc-ignore", nil, "server-side RPC methods acknowledged and never answered (firmware that hangs), for tests")
+	f.StringSliceVar(&cfg.RPC.Fail, "rpc-fail", nil, "server-side RPC methods answered with an error, for tests")
 	f.DurationVar(&cfg.ClaimWindow, "claim-window", 10*time.Minute, "how long the claim request stays open")
 	f.StringVar(&cfg.FirmwareVersion, "fw-version", twin.DefaultFirmwareVersion, "firmware version reported when the state names none")
 	f.StringVar(&cfg.OTAFail, "ota-fail", "", "make firmware updates fail, for tests: download, verify, reboot (once, mid-download) or silent")

@@ -44,10 +44,10 @@ func TestPersistentRPCToTwin(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			fleet := func(c *cloud) (stop func()) {
+			fleet := func(c *cloud, rb twin.RPCBehaviour) (stop func()) {
 				sim, err := twin.NewSim(twin.SimConfig{Units: units, Count: 1, Broker: "mqtts://" + c.n.MQTTAddr(),
 					ServerName: "127.0.0.1", Interval: time.Second, BackoffMin: 50 * time.Millisecond,
-					BackoffMax: 200 * time.Millisecond, Logf: func(string, ...any) {}})
+					BackoffMax: 200 * time.Millisecond, Logf: func(string, ...any) {}, RPC: rb})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -65,7 +65,7 @@ func TestPersistentRPCToTwin(t *testing.T) {
 					return nil
 				})
 			}
-			stop := fleet(c)
+			stop := fleet(c, twin.RPCBehaviour{})
 			online(c, true)
 			stop()
 			online(c, false)
@@ -78,10 +78,25 @@ func TestPersistentRPCToTwin(t *testing.T) {
 				t.Fatal(err)
 			}
 			c2 := restart(t, c.cfg)
-			defer fleet(c2)()
+			stop = fleet(c2, twin.RPCBehaviour{})
 			got := c2.waitStatus(r.ID, store.RPCSuccessful, 20*time.Second)
 			if string(got.Response) != `{"ok":true,"interval_ms":2500}` || got.Attempts != 1 {
 				t.Errorf("twin's answer: %+v", got)
+			}
+			stop()
+			online(c2, false)
+
+			// Firmware that hangs in a handler: every attempt times out and
+			// the call FAILS; firmware that refuses: its error is the answer.
+			defer fleet(c2, twin.RPCBehaviour{Ignore: []string{"sleep"}, Fail: []string{"selfTest"}})()
+			online(c2, true)
+			hang := c2.send(&device{name: sn}, `{"method":"sleep","persistent":true,"timeoutMs":300,"retries":1}`)
+			refuse := c2.send(&device{name: sn}, `{"method":"selfTest","persistent":true}`)
+			if got := c2.waitStatus(hang.ID, store.RPCFailed, 20*time.Second); got.Attempts != 2 {
+				t.Errorf("hung call: %+v", got)
+			}
+			if got := c2.waitStatus(refuse.ID, store.RPCSuccessful, 20*time.Second); string(got.Response) != `{"error":"failing selfTest on purpose"}` {
+				t.Errorf("refused call: %+v", got)
 			}
 		})
 	}

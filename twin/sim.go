@@ -30,6 +30,7 @@ type SimConfig struct {
 	Timeout    time.Duration
 	Workers    int // scheduler workers, 4 per CPU by default
 	Names      FileNames
+	RPC        RPCBehaviour // every twin's
 
 	Logf func(format string, args ...any)
 }
@@ -123,7 +124,8 @@ func NewSim(cfg SimConfig) (*Sim, error) {
 		backoffMax: tc.BackoffMax, attrEvery: tc.AttrEvery, interval: tc.Interval,
 		fwVersion: tc.FirmwareVersion, stats: s.stats, logf: tc.Logf, sched: newScheduler(),
 		ramp: newPacer(cfg.Ramp).wait, otaChunk: tc.OTAChunkSize, otaChunkTimeout: tc.OTAChunkTimeout,
-		otaRebooted: new(atomic.Bool),
+		otaRebooted:  new(atomic.Bool),
+		rpcBehaviour: cfg.RPC,
 	}
 	ids := make([]*Identity, len(dirs))
 	errs := make([]error, len(dirs))

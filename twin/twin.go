@@ -70,6 +70,9 @@ type Config struct {
 	ClaimSecret string
 	ClaimWindow time.Duration
 
+	// RPC makes chosen server-side RPC methods unanswered or failing.
+	RPC RPCBehaviour
+
 	Logf  func(format string, args ...any) // nil means silent
 	Stats *Stats                           // nil means private counters
 }
@@ -159,6 +162,7 @@ func New(cfg Config) (*Twin, error) {
 		interval: cfg.Interval, fwVersion: cfg.FirmwareVersion, stats: cfg.Stats, logf: cfg.Logf,
 		claimSecret: cfg.ClaimSecret, claimWindow: cfg.ClaimWindow,
 		otaFail: cfg.OTAFail, otaChunk: cfg.OTAChunkSize, otaChunkTimeout: cfg.OTAChunkTimeout, otaRebooted: new(atomic.Bool),
+		rpcBehaviour: cfg.RPC,
 	}
 	id, err := t.loadIdentity()
 	if err != nil {
