@@ -460,7 +460,7 @@ func TestConsoleRoles(t *testing.T) {
 	sn := units[0].SN
 
 	loginAs(t, ctx, base, "ada")
-	if got := navLinks(t, ctx); got != "Overview Devices Alarms Factory Users Account" {
+	if got := navLinks(t, ctx); got != "Overview Devices Alarms Firmware Factory Users Account" {
 		t.Errorf("admin's navigation = %q", got)
 	}
 	run(t, ctx, "add a user",
@@ -501,7 +501,7 @@ func TestConsoleRoles(t *testing.T) {
 	signOut(t, ctx)
 
 	loginAs(t, ctx, base, "olga")
-	if got := navLinks(t, ctx); got != "Overview Devices Alarms Factory Account" {
+	if got := navLinks(t, ctx); got != "Overview Devices Alarms Firmware Factory Account" {
 		t.Errorf("operator's navigation = %q", got)
 	}
 	// The operator's overview asks for nothing the API refuses operators

@@ -70,6 +70,7 @@ var views = []view{
 	{"/console/", "Overview", "overview", ""},
 	{"/console/devices", "Devices", "devices", ""},
 	{"/console/alarms", "Alarms", "alarms", "staff"},
+	{"/console/ota", "Firmware", "ota", "staff"},
 	{"/console/factory", "Factory", "factory", "staff"},
 	{"/console/users", "Users", "users", "admin"},
 	{"/console/account", "Account", "account", "account"},

@@ -335,6 +335,7 @@
     if (role !== "operator") { telemetry(base); attributes(base); rpc(base); events(name); }
     certs(base);
     if (TL.deviceAlarms) TL.deviceAlarms(name);
+    if (TL.deviceOTA) TL.deviceOTA(name);
     owners(name);
     release(name);
   }
