@@ -139,3 +139,19 @@ func TestLoginLimits(t *testing.T) {
 		t.Errorf("after a spray from this address: %d, want 429", code)
 	}
 }
+
+// TestClaimLimit: a user guessing claim secrets is stopped.
+func TestClaimLimit(t *testing.T) {
+	f := newAccessFixture(t)
+	for i := 0; i < claimBurst; i++ {
+		if code, _ := f.req(t, "POST", "/api/v1/devices/SN-GUESS-"+itoa(int64(i))+"/claim", f.tokens[callerStranger], `{"secretKey":"x"}`); code != 400 {
+			t.Fatalf("claim %d: %d, want 400", i, code)
+		}
+	}
+	if code, _ := f.req(t, "POST", "/api/v1/devices/"+f.device+"/claim", f.tokens[callerStranger], `{"secretKey":"x"}`); code != 429 {
+		t.Errorf("after %d failed claims: %d, want 429", claimBurst, code)
+	}
+	if code, _ := f.req(t, "POST", "/api/v1/devices/"+f.device+"/claim", f.tokens[callerOwner], `{"secretKey":"x"}`); code != 400 {
+		t.Errorf("another user is limited too: %d", code)
+	}
+}

@@ -75,7 +75,8 @@ type Server struct {
 	met    *apiMetrics
 	// Failed logins per account and per source address.
 	loginsUser, loginsAddr *account.Limiter
-	ownerWatch             ownerWatch // ownership changes, for live streams
+	claimFails             *account.Limiter // failed claims per user: secrets are not for guessing
+	ownerWatch             ownerWatch       // ownership changes, for live streams
 	crl                    crlCache
 }
 
@@ -107,7 +108,8 @@ func New(cfg Config) *Server {
 	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), met: newAPIMetrics(cfg.Registerer),
 		loginsUser: account.NewLimiter(loginBurstAccount, loginWindow),
-		loginsAddr: account.NewLimiter(loginBurstAddr, loginWindow)}
+		loginsAddr: account.NewLimiter(loginBurstAddr, loginWindow),
+		claimFails: account.NewLimiter(claimBurst, claimWindow)}
 	queries, err := documentedQueries(openapiJSON)
 	if err != nil {
 		panic(err) // the embedded document; TestOpenAPIMatchesRoutes reads it too

@@ -88,10 +88,23 @@ func (s *Server) claimAssociation(w http.ResponseWriter, r *http.Request) error 
 	return s.claim(w, r, req.Device, store.ClaimAssociation, req.SecretKey)
 }
 
+// Failed claims a user may make within claimWindow before being refused
+// with 429: enough for typos, too few to guess another device's secret (a
+// request itself survives 5 wrong secrets, see store/sqldb).
+const (
+	claimBurst  = 20
+	claimWindow = 10 * time.Minute
+)
+
 func (s *Server) claim(w http.ResponseWriter, r *http.Request, name, kind, secret string) error {
 	p, err := claimUser(r)
 	if err != nil {
 		return err
+	}
+	key := strconv.FormatInt(p.UserID, 10)
+	if ok, wait := s.claimFails.Allow(key, time.Now()); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
+		return errorf(http.StatusTooManyRequests, "too many failed claims: try again in %v", wait.Round(time.Second))
 	}
 	ctx := r.Context()
 	d, err := s.cfg.Store.GetDevice(ctx, name)
@@ -101,6 +114,7 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request, name, kind, secre
 			writeJSON(w, http.StatusAccepted, claimAnswer{Result: "PENDING", Device: name})
 			return nil
 		}
+		s.claimFails.Fail(key, time.Now())
 		claimFailure(w, store.ErrNoClaim)
 		return nil
 	}
@@ -126,6 +140,7 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request, name, kind, secre
 		if errors.Is(err, store.ErrNoClaim) || errors.Is(err, store.ErrWrongSecret) || errors.Is(err, store.ErrOwned) {
 			// The device is not told: a user's wrong guess leaves its
 			// request open for the right one.
+			s.claimFails.Fail(key, time.Now())
 			claimFailure(w, err)
 			return nil
 		}

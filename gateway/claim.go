@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -85,11 +86,18 @@ func (ss *session) recordClaim(ctx context.Context, r claimRequest) {
 	if r.DurationMs > 0 {
 		window = time.Duration(r.DurationMs) * time.Millisecond
 	}
+	h := sha256.Sum256([]byte(r.SecretKey))
 	cur, err := s.st.CurrentOwner(ctx, ss.dev.ID, ss.dev.Name)
 	switch {
 	case err == nil && !r.Reset && cur.UserID != r.user:
 		// Owned, no reset, and not the owner's own association: as in
-		// ThingsBoard, nothing to record — but the device is told.
+		// ThingsBoard, nothing to record — but the device is told. A
+		// device repeating the claim that made its owner (it missed the
+		// answer, say, across a reconnection) hears SUCCESS again.
+		if r.user == 0 && subtle.ConstantTimeCompare(cur.SecretHash, h[:]) == 1 {
+			ss.claimResult(json.RawMessage(`{"result":"SUCCESS"}`))
+			return
+		}
 		ss.claimResult(json.RawMessage(`{"result":"CLAIMED"}`))
 		return
 	case err != nil && !errors.Is(err, store.ErrNotFound):
@@ -97,7 +105,6 @@ func (ss *session) recordClaim(ctx context.Context, r claimRequest) {
 		ss.claimResult(json.RawMessage(`{"result":"FAILURE","error":"try again"}`))
 		return
 	}
-	h := sha256.Sum256([]byte(r.SecretKey))
 	err = s.st.PutClaimRequest(ctx, store.ClaimRequest{
 		DeviceID: ss.dev.ID, DeviceName: ss.dev.Name, Kind: kind, SecretHash: h[:], UserID: r.user,
 		Reset: r.Reset, CreatedAt: now, ExpiresAt: now.Add(window),
@@ -109,10 +116,56 @@ func (ss *session) recordClaim(ctx context.Context, r claimRequest) {
 	}
 	b, _ := json.Marshal(map[string]any{"result": "PENDING", "kind": kind, "expiresAt": now.Add(window).UnixMilli()})
 	ss.claimResult(b)
+	ss.watchClaim(window)
+}
+
+// claimWatch tells the device when its claim request expires unmatched.
+// Its fields are guarded by session.mu.
+type claimWatch struct {
+	stop    chan struct{} // ends the watch of the previous request
+	matched bool          // a SUCCESS went out for the current request
+}
+
+// watchClaim waits, until the session ends or another request replaces
+// this one, for the window to pass; then, if no user matched the request,
+// the device is told {"result":"EXPIRED"}.
+func (ss *session) watchClaim(window time.Duration) {
+	stop := make(chan struct{})
+	ss.mu.Lock()
+	if ss.claim.stop != nil {
+		close(ss.claim.stop)
+	}
+	ss.claim = claimWatch{stop: stop}
+	ss.mu.Unlock()
+	go func() {
+		t := time.NewTimer(window)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-stop:
+			return
+		case <-ss.done:
+			return
+		}
+		ss.mu.Lock()
+		current, matched := ss.claim.stop == stop, ss.claim.matched
+		ss.mu.Unlock()
+		if current && !matched {
+			ss.claimResult(json.RawMessage(`{"result":"EXPIRED"}`))
+		}
+	}()
 }
 
 // claimResult publishes an outcome to the device if it listens for one.
 func (ss *session) claimResult(payload json.RawMessage) (json.RawMessage, error) {
+	var r struct {
+		Result string `json:"result"`
+	}
+	if json.Unmarshal(payload, &r) == nil && r.Result == "SUCCESS" {
+		ss.mu.Lock()
+		ss.claim.matched = true
+		ss.mu.Unlock()
+	}
 	sub, ok := ss.sub(subClaimResponse)
 	if !ok {
 		return jsonNull, nil

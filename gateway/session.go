@@ -133,6 +133,7 @@ type session struct {
 	badCounts    map[string]int64
 	fw           fwSession
 	badTimer     *time.Timer
+	claim        claimWatch // the device's claim request in waiting (claim.go)
 
 	// ackMu guards the pipeline. It is never held with mu.
 	ackMu    sync.Mutex

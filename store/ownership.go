@@ -24,6 +24,9 @@ type Epoch struct {
 	// owner's export; zero means it was wiped (or the epoch is current).
 	KeepUntil time.Time `json:"keepUntil,omitzero"`
 	Wiped     bool      `json:"wiped,omitempty"` // its data is gone
+	// SecretHash is the secret of the claim that began the epoch, so that
+	// a device repeating that claim (it missed the answer) hears SUCCESS.
+	SecretHash []byte `json:"-"`
 }
 
 // Why an epoch ended.

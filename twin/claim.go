@@ -37,8 +37,9 @@ func (d *device) claimRequest() []byte {
 
 // claimResponse takes the cloud's answer. SUCCESS and CLAIMED (owned by
 // someone, no reset) are final: the claim ends, and SUCCESS also ends the
-// reset's mark. PENDING and FAILURE (the cloud could not record it) leave
-// the claim to be sent again on the next connection.
+// reset's mark. PENDING, EXPIRED (no user matched it in time) and FAILURE
+// (the cloud could not record it) leave the claim to be sent again on the
+// next connection.
 func (d *device) claimResponse(payload []byte) {
 	var r struct {
 		Result string `json:"result"`
@@ -47,13 +48,17 @@ func (d *device) claimResponse(payload []byte) {
 		return
 	}
 	d.cc.logf("%s: claim: %s", d.id.SN, strings.TrimSpace(string(payload)))
-	if r.Result != "SUCCESS" && r.Result != "CLAIMED" {
+	if r.Result == "PENDING" {
 		return
 	}
+	final := r.Result == "SUCCESS" || r.Result == "CLAIMED"
 	d.mu.Lock()
-	d.claimed = true
 	st := d.st.clone()
-	st.Assoc, st.Claim = nil, r.Result
+	st.Claim = r.Result
+	if final {
+		d.claimed = true
+		st.Assoc = nil
+	}
 	if r.Result == "SUCCESS" {
 		st.Reset = false
 	}

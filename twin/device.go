@@ -484,7 +484,7 @@ type StateView struct {
 	FWVersion  string      `json:"fw_version"`
 	SSID       string      `json:"ssid,omitempty"`
 	Owner      string      `json:"owner,omitempty"`
-	Claim      string      `json:"claim,omitempty"` // the last final answer to a claim
+	Claim      string      `json:"claim,omitempty"` // the last answer to a claim but PENDING
 	Reset      bool        `json:"reset,omitempty"` // factory-reset, not claimed since
 	IntervalMs int64       `json:"interval_ms"`
 	UptimeS    int64       `json:"uptime_s"`

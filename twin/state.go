@@ -40,8 +40,8 @@ type State struct {
 	// the next claim or association says reset:true, so the cloud may give
 	// the device to another user (RainMaker's reset flag).
 	Reset bool `json:"reset,omitempty"`
-	// Claim is the last final answer to a claim request (SUCCESS, FAILURE,
-	// CLAIMED).
+	// Claim is the last answer to a claim request other than PENDING:
+	// SUCCESS, CLAIMED, EXPIRED or FAILURE.
 	Claim string `json:"claim,omitempty"`
 }
 

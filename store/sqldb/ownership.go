@@ -64,6 +64,8 @@ CREATE TABLE ownership_policy (
 	on_reset TEXT NOT NULL,
 	keep_days INTEGER NOT NULL
 )`})
+	// The secret of the claim that began an epoch (see store.Epoch).
+	Register(Migration{Name: "ownership/002", SQL: `ALTER TABLE ownership_epochs ADD COLUMN secret_hash {{blob}}`})
 	// A deleted device's claim request goes with it; its epochs and audit
 	// entries stay: they are the history GET …/owners shows. Its current
 	// epoch ends as deleted.
@@ -82,14 +84,14 @@ CREATE TABLE ownership_policy (
 // must ask again.
 const maxClaimFailures = 5
 
-const epochCols = "e.id, e.device_id, e.device_name, e.user_id, COALESCE(u.username, ''), e.since, e.until, e.how, e.ended, e.keep_until, e.wiped"
+const epochCols = "e.id, e.device_id, e.device_name, e.user_id, COALESCE(u.username, ''), e.since, e.until, e.how, e.ended, e.keep_until, e.wiped, e.secret_hash"
 
 const epochFrom = " FROM ownership_epochs e LEFT JOIN account_users u ON u.id = e.user_id "
 
 func scanEpoch(sc interface{ Scan(...any) error }) (store.Epoch, error) {
 	var e store.Epoch
 	var since, until, keep int64
-	err := sc.Scan(&e.ID, &e.DeviceID, &e.DeviceName, &e.UserID, &e.Username, &since, &until, &e.How, &e.Ended, &keep, &e.Wiped)
+	err := sc.Scan(&e.ID, &e.DeviceID, &e.DeviceName, &e.UserID, &e.Username, &since, &until, &e.How, &e.Ended, &keep, &e.Wiped, &e.SecretHash)
 	e.Since, e.Until, e.KeepUntil = fromNanos(since), fromNanos(until), fromNanos(keep)
 	return e, err
 }
@@ -330,8 +332,8 @@ func (t *Tables) Claim(ctx context.Context, c store.Claim) (outcome string, ep s
 				}
 			}
 			var id int64
-			id, err = tx.Insert(ctx, `INSERT INTO ownership_epochs(device_id, device_name, user_id, since, until, how, ended, keep_until, wiped)
-				VALUES (?, ?, ?, ?, 0, ?, '', 0, ?)`, c.DeviceID, c.DeviceName, c.UserID, nanos(c.At), r.Kind, false)
+			id, err = tx.Insert(ctx, `INSERT INTO ownership_epochs(device_id, device_name, user_id, since, until, how, ended, keep_until, wiped, secret_hash)
+				VALUES (?, ?, ?, ?, 0, ?, '', 0, ?, ?)`, c.DeviceID, c.DeviceName, c.UserID, nanos(c.At), r.Kind, false, r.SecretHash)
 			if err != nil {
 				return err
 			}

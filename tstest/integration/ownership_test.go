@@ -435,7 +435,6 @@ func TestOwnershipLifecycle(t *testing.T) {
 
 		// An expired window: the claim fails.
 		tb := e.startTwin("SN-000002", func(c *twin.Config) { c.ClaimSecret = "late"; c.ClaimWindow = 1500 * time.Millisecond })
-		_ = tb
 		p := e.waitClaim("SN-000002", false)
 		tstest.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
 			if time.Now().Before(p.ExpiresAt.Add(50 * time.Millisecond)) {
@@ -446,6 +445,13 @@ func TestOwnershipLifecycle(t *testing.T) {
 		if code, a := e.claim("alice", "SN-000002", "late"); code != 400 || a.Result != "FAILURE" {
 			t.Errorf("claim after the window: %d %+v, want 400 FAILURE", code, a)
 		}
+		// The device is told its window passed unmatched.
+		tstest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+			if v := tb.View(); v.Claim != "EXPIRED" {
+				return fmt.Errorf("twin's claim result %q", v.Claim)
+			}
+			return nil
+		})
 	})
 }
 
