@@ -49,6 +49,7 @@ func FuzzDeviceRPC(f *testing.F) {
 	f.Add([]byte(`{"method":"getState"}`))
 	f.Add([]byte(`{"method":"setInterval","params":"12"}`))
 	f.Add([]byte(`[1,2`))
+	f.Add([]byte(`{"shared":{"fw_title":"thingline-twin","fw_version":"2","fw_size":10,"fw_checksum":"ab","fw_checksum_algorithm":"SHA256"}}`))
 	cc := &cloudConfig{interval: 50, keepalive: 1, stats: new(Stats), logf: func(string, ...any) {}, sched: newScheduler()}
 	id := &Identity{SN: "SN-1", MAC: macFor("SN-1")}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -58,5 +59,9 @@ func FuzzDeviceRPC(f *testing.F) {
 			t.Fatalf("reply %q", reply)
 		}
 		d.applyAttributes(nil, b)
+		// Whatever the server sends on the OTA topics is parsed safely.
+		d.otaPublish(nil, "v1/devices/me/attributes/response/1", b)
+		d.otaPublish(nil, "v2/fw/response/1/chunk/0", b)
+		d.otaPublish(nil, "v2/fw/error", b)
 	})
 }

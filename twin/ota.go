@@ -143,7 +143,7 @@ func (d *device) otaOffer(c *mqttConn, raw json.RawMessage) {
 	if json.Unmarshal(raw, &o) != nil || o.Version == "" || o.Title == "" || o.Checksum == "" || o.Algorithm == "" || o.Size == 0 {
 		return
 	}
-	if d.cc.otaFail == OTAFailSilent {
+	if d.cc.otaFail == OTAFailSilent || c == nil {
 		return
 	}
 	d.mu.Lock()
