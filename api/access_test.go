@@ -1,8 +1,10 @@
 package api
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/thingline/thingline/account"
+	"github.com/thingline/thingline/bus"
 	"github.com/thingline/thingline/bus/inproc"
 	"github.com/thingline/thingline/store"
 	"github.com/thingline/thingline/store/sqlite"
@@ -294,5 +297,49 @@ func TestStreamFilter(t *testing.T) {
 	}
 	if !s.streamFilter(req(callerStranger))(f.device, now) {
 		t.Error("the new owner's stream does not show the device")
+	}
+}
+
+// TestOperatorStreamHasNoData: an operator's live stream carries device
+// state but no telemetry, and asking for telemetry is refused; the owner's
+// carries both.
+func TestOperatorStreamHasNoData(t *testing.T) {
+	f := newAccessFixture(t)
+	s := f.srv.Config.Handler.(*Server)
+	if code, _ := f.req(t, "GET", "/api/v1/stream?types=telemetry", f.tokens[callerOperator], ""); code != http.StatusForbidden {
+		t.Errorf("operator asking for telemetry: %d, want 403", code)
+	}
+	read := func(caller string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", f.srv.URL+"/api/v1/stream?device="+f.device, nil)
+		req.Header.Set("Authorization", "Bearer "+f.tokens[caller])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		br := bufio.NewReader(resp.Body)
+		if _, err := br.ReadString('\n'); err != nil { // the opening comment: subscribed
+			t.Fatal(err)
+		}
+		now := time.Now().UnixMilli()
+		s.cfg.Bus.Publish(ctx, bus.TopicTelemetry, []byte(fmt.Sprintf(`{"device":%q,"ts":%d,"values":{"t":1}}`, f.device, now)))
+		s.cfg.Bus.Publish(ctx, bus.TopicState, []byte(fmt.Sprintf(`{"device":%q,"ts":%d,"online":true}`, f.device, now)))
+		var got strings.Builder
+		for !strings.Contains(got.String(), "event: state") {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("%s's stream ended before the state notice: %v\n%s", caller, err, got.String())
+			}
+			got.WriteString(line)
+		}
+		return got.String()
+	}
+	if out := read(callerOperator); strings.Contains(out, "event: telemetry") {
+		t.Errorf("operator's stream carries telemetry:\n%s", out)
+	}
+	if out := read(callerOwner); !strings.Contains(out, "event: telemetry") {
+		t.Errorf("owner's stream lacks telemetry:\n%s", out)
 	}
 }

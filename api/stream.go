@@ -54,7 +54,12 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	// Who may see what (visibility.go): staff every device, an owner the
-	// devices they own now, from the start of their ownership.
+	// devices they own now, from the start of their ownership; an operator
+	// no device data.
+	topics, err := visibleTopics(principal(r), topics, q.Get("types") != "")
+	if err != nil {
+		return err
+	}
 	allow := s.streamFilter(r)
 	wanted := map[string]bool{}
 	for _, d := range devices {

@@ -3,12 +3,14 @@ package api
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/thingline/thingline/bus"
+	"github.com/thingline/thingline/store"
 )
 
 // Visibility for live streams. A REST request is checked once, in wrap; a
@@ -86,4 +88,25 @@ func (s *Server) streamFilter(r *http.Request) func(device string, ts int64) boo
 		}
 		return e.from >= 0 && ts >= e.from
 	}
+}
+
+// dataTopics are the stream's notices that carry device data: what the
+// DeviceData routes serve, which operators do not see.
+var dataTopics = []string{bus.TopicTelemetry, bus.TopicRPC}
+
+// visibleTopics narrows a stream's topics to what the caller's role may
+// see: an operator gets no device data; asking for it by name is refused.
+func visibleTopics(p Principal, topics []string, explicit bool) ([]string, error) {
+	if p.Role != store.RoleOperator {
+		return topics, nil
+	}
+	var out []string
+	for _, t := range topics {
+		if !slices.Contains(dataTopics, t) {
+			out = append(out, t)
+		} else if explicit {
+			return nil, errorf(http.StatusForbidden, "operators do not see device data (%s)", t)
+		}
+	}
+	return out, nil
 }
