@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -504,5 +505,153 @@ func TestStreamAcrossNodes(t *testing.T) {
 	case e := <-other.events:
 		t.Errorf("a stream filtered to another device got %+v", e)
 	default:
+	}
+}
+
+// TestBadPayloadRateAlarm: a burst of refused messages raises the
+// bad-payload-rate alarm; a quiet window clears it.
+func TestBadPayloadRateAlarm(t *testing.T) {
+	n := startTestNode(t, "", "", "node-bad", nil, func(c *Config) {
+		c.Alarms.BadInputLimit, c.Alarms.BadInputWindow = 5, 2*time.Second
+	})
+	d := n.newDevice("SN-GARBAGE")
+	st := n.stream("device=SN-GARBAGE&types=alarms")
+	c := n.connect(d, nil)
+	for i := range 4 {
+		publish(t, c, fmt.Sprintf(`{"temperature":%d`, i)) // truncated JSON: refused, acknowledged
+	}
+	publish(t, c, `{"temperature":20}`)
+	if as := n.alarms("type=" + store.AlarmBadPayloads); len(as) != 0 {
+		t.Fatalf("alarm after 4 refusals: %+v", as)
+	}
+	publish(t, c, `[1,2`)
+	e := st.waitFor(t, "bad-payload alarm", isEvent("alarms", d.name, `"op":"raised"`, store.AlarmBadPayloads))
+	if !strings.Contains(e.data, `"WARNING"`) {
+		t.Errorf("alarm notice %s", e.data)
+	}
+	st.waitFor(t, "bad-payload alarm cleared", isEvent("alarms", d.name, `"op":"cleared"`, store.AlarmBadPayloads))
+}
+
+// TestRetentionWhileAcknowledging: old telemetry and events are removed
+// in steps while a device keeps publishing QoS 1 messages, every one of
+// which is acknowledged promptly and kept.
+func TestRetentionWhileAcknowledging(t *testing.T) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			storeURL := b.storeURL(t)
+			n := startTestNode(t, storeURL, b.busURL, "node-retain", nil, func(c *Config) {
+				c.Retention.Telemetry, c.Retention.Events = 24*time.Hour, 24*time.Hour
+				c.Retention.Delay, c.Retention.Interval = 2*time.Second, 500*time.Millisecond
+				c.Retention.Step, c.Retention.Pause = 500, 5*time.Millisecond
+			})
+			ctx := context.Background()
+			st := n.Store()
+			// Two days ago, every 2 s for ~14 hours, three devices.
+			old := time.Now().Add(-48 * time.Hour).UnixMilli()
+			var olds []store.Device
+			for i := range 3 {
+				dev, _, _, err := st.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("SN-OLD-%d", i), Profile: "default"},
+					store.Credential{SHA256: fmt.Sprintf("%064x", i+1)}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				olds = append(olds, dev)
+				var recs []store.Record
+				for j := range 25000 {
+					recs = append(recs, store.Record{DeviceID: dev.ID, TS: old + int64(j)*2000,
+						Values: []store.KV{{Key: "t", Value: json.RawMessage("21.5")}}})
+				}
+				if err := st.AppendTelemetry(ctx, recs); err != nil {
+					t.Fatal(err)
+				}
+				if err := st.AddEvent(ctx, store.Event{Device: dev.Name, Kind: store.EventConnect, Time: time.UnixMilli(old)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c, ok := st.(interface{ Compact(context.Context) error }); ok {
+				if err := c.Compact(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			left := func() int {
+				total := 0
+				for _, d := range olds {
+					q, err := st.QueryTelemetry(ctx, store.TelemetryQuery{DeviceID: d.ID, Limit: 10000})
+					if err != nil {
+						t.Fatal(err)
+					}
+					total += len(q["t"])
+				}
+				return total
+			}
+			if l := left(); l != 3*10000 {
+				t.Fatalf("before retention: %d old points visible; want %d", l, 3*10000)
+			}
+
+			d := n.newDevice("SN-LIVE-" + b.name)
+			c := n.connect(d, nil)
+			type result struct {
+				sent    int
+				slowest time.Duration
+				err     error
+			}
+			stop := make(chan struct{})
+			done := make(chan result, 1)
+			var sentCount atomic.Int64
+			go func() {
+				var r result
+				for {
+					select {
+					case <-stop:
+						done <- r
+						return
+					default:
+					}
+					t0 := time.Now()
+					tok := c.Publish("v1/devices/me/telemetry", 1, false, fmt.Sprintf(`{"seq":%d}`, r.sent))
+					if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+						r.err = fmt.Errorf("message %d not acknowledged: %v", r.sent, tok.Error())
+						done <- r
+						return
+					}
+					r.slowest = max(r.slowest, time.Since(t0))
+					r.sent++
+					sentCount.Store(int64(r.sent))
+				}
+			}()
+			var atStart, atEnd int64
+			tstest.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+				l := left()
+				if l < 3*10000 && atStart == 0 {
+					atStart = sentCount.Load()
+				}
+				if l > 0 {
+					return fmt.Errorf("%d old points left", l)
+				}
+				atEnd = sentCount.Load()
+				return nil
+			})
+			close(stop)
+			r := <-done
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			t.Logf("%d messages acknowledged, %d of them while old rows were being removed, slowest acknowledgement %v", r.sent, atEnd-atStart, r.slowest)
+			if r.slowest > 3*time.Second {
+				t.Errorf("an acknowledgement took %v while retention ran", r.slowest)
+			}
+			live, _ := st.GetDevice(ctx, d.name)
+			q, err := st.QueryTelemetry(ctx, store.TelemetryQuery{DeviceID: live.ID, Keys: []string{"seq"}, Limit: 10000})
+			if err != nil || len(q["seq"]) != r.sent {
+				t.Errorf("live device kept %d of %d acknowledged messages (%v)", len(q["seq"]), r.sent, err)
+			}
+			tstest.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+				ev, err := st.ListEvents(ctx, store.EventQuery{Device: "SN-OLD-0"})
+				if err != nil || len(ev) != 0 {
+					return fmt.Errorf("old events left: %d, %v", len(ev), err)
+				}
+				return nil
+			})
+		})
 	}
 }
