@@ -153,8 +153,12 @@ type device struct {
 	cert pkitest.Device
 }
 
-func (n *testNode) newDevice(name string) device {
+// newDevice issues a certificate for a device named prefix plus a suffix
+// unique to this run: test processes running at once share the NATS
+// subjects, and a device name must not meet its namesake of another run.
+func (n *testNode) newDevice(prefix string) device {
 	n.t.Helper()
+	name := fmt.Sprintf("%s-%x", prefix, time.Now().UnixNano()&0xffffffffff)
 	ca, err := pki.LoadCA(n.PKIDir())
 	if err != nil {
 		n.t.Fatal(err)
@@ -412,7 +416,7 @@ func TestClonedIdentityAlarm(t *testing.T) {
 	}
 	tstest.CheckFor(t, 15*time.Second, 50*time.Millisecond, func() error {
 		as := n.alarms("type=" + store.AlarmCloned)
-		if len(as) != 1 || as[0].Device != "SN-CLONE" || as[0].Severity != store.SeverityCritical {
+		if len(as) != 1 || as[0].Device != d.name || as[0].Severity != store.SeverityCritical {
 			return fmt.Errorf("cloned-identity alarms %+v", as)
 		}
 		return nil
@@ -429,20 +433,20 @@ func TestAlarmLifecycleThroughAPI(t *testing.T) {
 			n.connect(d, nil).Disconnect(50) // the device exists
 			ctx := context.Background()
 			svc := n.Alarms()
-			a1, err := svc.Raise(ctx, "SN-LIFE", store.AlarmOTAFailed, store.SeverityMajor, map[string]string{"fw": "1.2"})
+			a1, err := svc.Raise(ctx, d.name, store.AlarmOTAFailed, store.SeverityMajor, map[string]string{"fw": "1.2"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if a2, err := svc.Raise(ctx, "SN-LIFE", store.AlarmOTAFailed, store.SeverityMajor, nil); err != nil || a2.ID != a1.ID || a2.Count != 2 {
+			if a2, err := svc.Raise(ctx, d.name, store.AlarmOTAFailed, store.SeverityMajor, nil); err != nil || a2.ID != a1.ID || a2.Count != 2 {
 				t.Fatalf("second raise: %+v, %v", a2, err)
 			}
-			if _, err := svc.Raise(ctx, "SN-LIFE", store.AlarmCertExpiry, store.SeverityWarning, nil); err != nil {
+			if _, err := svc.Raise(ctx, d.name, store.AlarmCertExpiry, store.SeverityWarning, nil); err != nil {
 				t.Fatal(err)
 			}
-			if as := n.alarms("device=SN-LIFE&severity=MAJOR"); len(as) != 1 || as[0].Count != 2 || as[0].Status != store.AlarmActiveUnack {
+			if as := n.alarms("device="+d.name+"&severity=MAJOR"); len(as) != 1 || as[0].Count != 2 || as[0].Status != store.AlarmActiveUnack {
 				t.Fatalf("MAJOR alarms %+v", as)
 			}
-			if as := n.alarms("device=SN-LIFE&status=UNACK"); len(as) != 2 {
+			if as := n.alarms("device="+d.name+"&status=UNACK"); len(as) != 2 {
 				t.Fatalf("unacknowledged alarms %+v", as)
 			}
 			var a store.Alarm
@@ -490,7 +494,7 @@ func TestStreamAcrossNodes(t *testing.T) {
 	storeURL := pgSchema(t)
 	a := startTestNode(t, storeURL, nats, "node-a", nil, nil)
 	b := startTestNode(t, storeURL, nats, "node-b", a, nil)
-	d := a.newDevice(fmt.Sprintf("SN-XNODE-%d", time.Now().UnixNano()))
+	d := a.newDevice("SN-XNODE")
 	st := b.stream("device=" + d.name)
 	other := b.stream("device=SN-SOMEONE-ELSE")
 	c := a.connect(d, nil)
@@ -515,7 +519,7 @@ func TestBadPayloadRateAlarm(t *testing.T) {
 		c.Alarms.BadInputLimit, c.Alarms.BadInputWindow = 5, 2*time.Second
 	})
 	d := n.newDevice("SN-GARBAGE")
-	st := n.stream("device=SN-GARBAGE&types=alarms")
+	st := n.stream("device=" + d.name + "&types=alarms")
 	c := n.connect(d, nil)
 	for i := range 4 {
 		publish(t, c, fmt.Sprintf(`{"temperature":%d`, i)) // truncated JSON: refused, acknowledged
