@@ -443,10 +443,10 @@ func TestAlarmLifecycleThroughAPI(t *testing.T) {
 			if _, err := svc.Raise(ctx, d.name, store.AlarmCertExpiry, store.SeverityWarning, nil); err != nil {
 				t.Fatal(err)
 			}
-			if as := n.alarms("device="+d.name+"&severity=MAJOR"); len(as) != 1 || as[0].Count != 2 || as[0].Status != store.AlarmActiveUnack {
+			if as := n.alarms("device=" + d.name + "&severity=MAJOR"); len(as) != 1 || as[0].Count != 2 || as[0].Status != store.AlarmActiveUnack {
 				t.Fatalf("MAJOR alarms %+v", as)
 			}
-			if as := n.alarms("device="+d.name+"&status=UNACK"); len(as) != 2 {
+			if as := n.alarms("device=" + d.name + "&status=UNACK"); len(as) != 2 {
 				t.Fatalf("unacknowledged alarms %+v", as)
 			}
 			var a store.Alarm
