@@ -206,7 +206,9 @@ type fwNotice struct {
 // fwKeys are the keys a device reports its firmware with.
 func fwKey(k string) bool {
 	switch k {
-	case "fw_state", "fw_error", "current_fw_title", "current_fw_version":
+	case "fw_state", "fw_error", "current_fw_title", "current_fw_version",
+		"current_fw_state": // what older Arduino SDKs report the state as
+
 		return true
 	}
 	return false

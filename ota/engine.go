@@ -179,14 +179,19 @@ func (e *Engine) handleReport(ctx context.Context, b []byte) {
 			progress = int(r.Sent * 100 / r.Size)
 		}
 	} else {
-		ev.state = str(r.Values["fw_state"])
+		state := r.Values["fw_state"]
+		if state == nil {
+			// Older Arduino SDKs report it as current_fw_state.
+			state = r.Values["current_fw_state"]
+		}
+		ev.state = str(state)
 		ev.errText = str(r.Values["fw_error"])
 		ev.title = str(r.Values["current_fw_title"])
 		ev.version = str(r.Values["current_fw_version"])
 		if r.At > 0 {
 			ev.at = time.Unix(0, r.At)
 		}
-		if r.Values["fw_state"] == nil {
+		if state == nil {
 			ev.state = ""
 		}
 	}

@@ -3,10 +3,12 @@ package ota
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/thingline/thingline/bus"
 	"github.com/thingline/thingline/bus/inproc"
 	"github.com/thingline/thingline/store"
 	"github.com/thingline/thingline/store/sqlite"
@@ -53,5 +55,53 @@ func TestReconcileFromStoredTelemetry(t *testing.T) {
 	}
 	if e.missed.Load() {
 		t.Error("still marked as missing reports")
+	}
+}
+
+// TestReportFromTheBus: a gateway notice on bus.TopicOTAReport moves the
+// device on, with the state in fw_state or, as older Arduino SDKs send
+// it, current_fw_state; a notice not newer than the last is ignored.
+func TestReportFromTheBus(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "t.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	b := inproc.New()
+	defer b.Close()
+	e, err := Start(Config{Store: st, Bus: b, Tick: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	d, _, _, _ := st.EnsureDevice(ctx, store.Device{Name: "SN-B", Profile: "default"}, store.Credential{Serial: "1", SHA256: "a"}, nil)
+	p, _ := st.CreateOTAPackage(ctx, store.OTAPackage{Title: "fw", Version: "2", Checksum: "x", ChecksumAlgorithm: "SHA256"}, []byte("image"))
+	if _, err := st.PutOTADevice(ctx, store.OTADevice{DeviceID: d.ID, PackageID: p.ID, Source: store.OTASourceDevice,
+		State: store.OTAInitiated, Deadline: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	wait := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			row, _ := st.GetOTADevice(ctx, d.ID)
+			if row.State == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("state %s, want %s", row.State, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	now := time.Now().UnixNano()
+	b.Publish(ctx, bus.TopicOTAReport, []byte(fmt.Sprintf(`{"device":"SN-B","ts":1,"at":%d,"values":{"current_fw_state":"DOWNLOADING"}}`, now)))
+	wait(store.OTADownloading)
+	b.Publish(ctx, bus.TopicOTAReport, []byte(fmt.Sprintf(`{"device":"SN-B","ts":1,"at":%d,"values":{"fw_state":"FAILED","fw_error":"late copy"}}`, now)))
+	b.Publish(ctx, bus.TopicOTAReport, []byte(fmt.Sprintf(`{"device":"SN-B","ts":1,"at":%d,"values":{"fw_state":"VERIFIED","fw_error":""}}`, now+1)))
+	wait(store.OTAVerified)
+	if h, _ := st.OTAHistory(ctx, d.ID, time.Time{}, 0); len(h) != 3 {
+		t.Errorf("history %+v: the stale FAILED must not be in it", h)
 	}
 }
