@@ -169,10 +169,13 @@ func (d *Dispatcher) kick(device string) {
 		d.mu.Unlock()
 		return
 	}
-	if wait := time.Until(d.hold[device]); wait > 0 {
-		d.mu.Unlock()
-		time.AfterFunc(wait, func() { d.kick(device) })
-		return
+	if until, held := d.hold[device]; held {
+		if wait := time.Until(until); wait > 0 {
+			d.mu.Unlock()
+			time.AfterFunc(wait, func() { d.kick(device) })
+			return
+		}
+		delete(d.hold, device)
 	}
 	d.running[device] = true
 	d.wg.Add(1)
@@ -290,12 +293,14 @@ func (d *Dispatcher) attempt(ctx context.Context, r store.RPC) bool {
 	if r.Oneway {
 		to = store.RPCSuccessful
 	}
-	_, _, err = d.transition(ctx, store.RPCTransition{ID: r.ID, From: []store.RPCStatus{store.RPCSent},
+	_, ok, err = d.transition(ctx, store.RPCTransition{ID: r.ID, From: []store.RPCStatus{store.RPCSent},
 		Attempts: n, To: to})
 	if err != nil {
 		d.cfg.Logger.Warn("rpc: recording delivery", "device", r.Device, "id", r.ID, "err", err)
 	}
-	if !r.Oneway {
+	// Not applied without an error: answered already, deleted or expired;
+	// nothing is left to time out.
+	if !r.Oneway && (ok || err != nil) {
 		d.startTimer(r.ID, n, time.Until(sent.SentAt.Add(timeout)))
 	}
 	return true
