@@ -423,3 +423,30 @@ func TestPersistentRPCTwoNodes(t *testing.T) {
 		t.Errorf("deliveries: first %d, second %d; want 1 each", n1, n2)
 	}
 }
+
+// TestPersistentRPCV2TopicsAtQoS0 serves a device that subscribed with
+// ThingsBoard's short v2 topics at QoS 0: the call goes out on v2/r/req/{id}
+// (delivered once written: QoS 0 has no acknowledgement) and its answer on
+// v2/r/res/{id} completes it.
+func TestPersistentRPCV2TopicsAtQoS0(t *testing.T) {
+	c := start(t, t.TempDir(), backend{}, "n1", "")
+	d := newDevice(t, c, "SN-V2")
+	cl := d.connect(c, false)
+	got := make(chan string, 4)
+	tok := cl.Subscribe("v2/r/req/+", 0, func(cl mqtt.Client, m mqtt.Message) {
+		got <- m.Topic()
+		id := strings.TrimPrefix(m.Topic(), "v2/r/req/")
+		cl.Publish("v2/r/res/"+id, 0, false, `{"v2":true}`)
+	})
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	r := c.send(d, `{"method":"ping","persistent":true}`)
+	done := c.waitStatus(r.ID, store.RPCSuccessful, 15*time.Second)
+	if string(done.Response) != `{"v2":true}` || done.Attempts != 1 {
+		t.Errorf("v2 call: %+v", done)
+	}
+	if topic := <-got; topic != fmt.Sprintf("v2/r/req/%d", r.ID) {
+		t.Errorf("request topic %q", topic)
+	}
+}
