@@ -67,19 +67,8 @@ func (t *Tables) ListUnits(ctx context.Context, q store.UnitQuery) ([]store.Unit
 	}
 	query := "SELECT " + unitCols + " FROM units" + b.whereSQL() + " ORDER BY " + snCol + " LIMIT " + b.arg(limit)
 	rows, err := t.db.read.QueryContext(ctx, rebind(b.d, query), b.args...)
+	out, err := collect(rows, err, scanUnit)
 	if err != nil {
-		return nil, fmt.Errorf("sqldb: listing units: %w", err)
-	}
-	defer rows.Close()
-	var out []store.Unit
-	for rows.Next() {
-		u, err := scanUnit(rows)
-		if err != nil {
-			return nil, fmt.Errorf("sqldb: listing units: %w", err)
-		}
-		out = append(out, u)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqldb: listing units: %w", err)
 	}
 	return out, nil
@@ -91,21 +80,14 @@ func (t *Tables) UnitBatches(ctx context.Context) ([]store.Batch, error) {
 		sum(CASE WHEN test_passed THEN 1 ELSE 0 END), sum(CASE WHEN NOT test_passed THEN 1 ELSE 0 END),
 		min(produced_at), max(produced_at)
 		FROM units GROUP BY batch ORDER BY max(produced_at) DESC, batch`)
-	if err != nil {
-		return nil, fmt.Errorf("sqldb: summarizing batches: %w", err)
-	}
-	defer rows.Close()
-	var out []store.Batch
-	for rows.Next() {
+	out, err := collect(rows, err, func(r rowScanner) (store.Batch, error) {
 		var b store.Batch
 		var first, last int64
-		if err := rows.Scan(&b.Batch, &b.Units, &b.TestPassed, &b.TestFailed, &first, &last); err != nil {
-			return nil, fmt.Errorf("sqldb: summarizing batches: %w", err)
-		}
+		err := r.Scan(&b.Batch, &b.Units, &b.TestPassed, &b.TestFailed, &first, &last)
 		b.FirstProduced, b.LastProduced = nsTime(first), nsTime(last)
-		out = append(out, b)
-	}
-	if err := rows.Err(); err != nil {
+		return b, err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("sqldb: summarizing batches: %w", err)
 	}
 	return out, nil
@@ -163,21 +145,14 @@ func (t *Tables) UnitEvents(ctx context.Context, q store.UnitEventQuery) ([]stor
 		query += " LIMIT " + b.arg(q.Limit)
 	}
 	rows, err := t.db.read.QueryContext(ctx, rebind(b.d, query), b.args...)
-	if err != nil {
-		return nil, fmt.Errorf("sqldb: listing unit events: %w", err)
-	}
-	defer rows.Close()
-	var out []store.UnitEvent
-	for rows.Next() {
+	out, err := collect(rows, err, func(r rowScanner) (store.UnitEvent, error) {
 		var e store.UnitEvent
 		var at int64
-		if err := rows.Scan(&e.SN, &e.Board, &e.Station, &e.Result, &e.Operator, &e.Batch, &at, &e.Detail); err != nil {
-			return nil, fmt.Errorf("sqldb: listing unit events: %w", err)
-		}
+		err := r.Scan(&e.SN, &e.Board, &e.Station, &e.Result, &e.Operator, &e.Batch, &at, &e.Detail)
 		e.Time = time.Unix(0, at).UTC()
-		out = append(out, e)
-	}
-	if err := rows.Err(); err != nil {
+		return e, err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("sqldb: listing unit events: %w", err)
 	}
 	return out, nil
