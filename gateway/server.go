@@ -90,6 +90,8 @@ type Server struct {
 	cfg     Config
 	profile *compiledProfile
 	st      store.Store
+	async   store.AsyncAppender // st, if it can complete appends itself (ackpath.go)
+	acker   *acker
 	bus     bus.Bus
 	node    string
 	log     *slog.Logger
@@ -249,6 +251,9 @@ func New(cfg Config) (*Server, error) {
 	s.stopReload = make(chan struct{})
 	s.evWG.Add(1)
 	go s.reloadRevocations(s.stopReload)
+	if aa, ok := cfg.Store.(store.AsyncAppender); ok {
+		s.async, s.acker = aa, newAcker()
+	}
 	return s, nil
 }
 
@@ -429,6 +434,9 @@ func (s *Server) Close() error {
 		c.SetDeadline(time.Now())
 	}
 	s.wg.Wait()
+	if s.acker != nil {
+		s.acker.stop() // every session has finished: nothing is in flight
+	}
 	s.unsubscribe()
 	close(s.stopReload)
 	close(s.events)

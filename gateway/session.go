@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -135,12 +136,20 @@ type session struct {
 	badTimer     *time.Timer
 	claim        claimWatch // the device's claim request in waiting (claim.go)
 
-	// ackMu guards the pipeline. It is never held with mu.
+	// ackMu guards the pipeline. It is never held with mu; writeMu may be
+	// taken while holding it, not the reverse.
 	ackMu    sync.Mutex
 	ackCond  *sync.Cond
 	ackQ     []*work
 	pending  int
 	flushing bool
+	// The asynchronous path (ackpath.go): messages stored by the store's
+	// commit path and not yet acknowledged, and those waiting for
+	// drainAcks (outBusy: it runs).
+	inAsync int
+	outq    []*work
+	outBusy bool
+	rc      syscall.RawConn // the socket, for sendRoom; nil if unknown
 	// The flusher's store context, reused across bursts (see flushCtx).
 	// Only the one running flusher (flushing=true) touches these.
 	fctx    context.Context
@@ -170,6 +179,7 @@ type session struct {
 func newSession(s *Server, c *tls.Conn, addr string) *session {
 	ss := &session{srv: s, conn: c, addr: addr, done: make(chan struct{}), finished: make(chan struct{}), ready: make(chan struct{})}
 	_, ss.idleWait = socketWatch(c.NetConn())
+	ss.rc = rawConnOf(c.NetConn())
 	if ss.pc, _ = c.NetConn().(*pollConn); ss.pc == nil {
 		ss.idleWait = nil
 	}
@@ -374,6 +384,11 @@ func (ss *session) writeBytes(d time.Duration, b []byte) error {
 	}
 	ss.writeMu.Lock()
 	defer ss.writeMu.Unlock()
+	return ss.writeLocked(d, b)
+}
+
+// writeLocked writes b with writeMu held.
+func (ss *session) writeLocked(d time.Duration, b []byte) error {
 	// The deadline is moved only when less than half of d is left (or a
 	// shorter one was set), not for every write: a write still fails after
 	// d/2 to d of being stuck.
@@ -1115,8 +1130,14 @@ func (ss *session) enqueue(w *work) {
 	for ss.pending >= maxPending && !ss.closing.Load() {
 		ss.ackCond.Wait()
 	}
-	ss.ackQ = append(ss.ackQ, w)
 	ss.pending++
+	if !ss.flushing && ss.asyncOK(w) {
+		ss.inAsync++
+		ss.ackMu.Unlock()
+		ss.appendAsync(w)
+		return
+	}
+	ss.ackQ = append(ss.ackQ, w)
 	if !ss.flushing {
 		ss.flushing = true
 		go ss.flush()
@@ -1143,6 +1164,10 @@ func (ss *session) flush() {
 	}()
 	for {
 		ss.ackMu.Lock()
+		// Asynchronous appends queued before q go first (ackpath.go).
+		for ss.inAsync > 0 {
+			ss.ackCond.Wait()
+		}
 		q := ss.ackQ
 		ss.ackQ = nil
 		if len(q) == 0 {
@@ -1313,7 +1338,7 @@ func (ss *session) finish(registered, abnormal bool) {
 	// Wait for the pipeline: a will or late telemetry is stored before
 	// the device is reported offline.
 	ss.ackMu.Lock()
-	for ss.flushing {
+	for ss.flushing || ss.inAsync > 0 {
 		ss.ackCond.Wait()
 	}
 	if ss.fcancel != nil {

@@ -44,6 +44,12 @@ type Options struct {
 	// the next batch is written: as fast when fsyncs are quick, slower when
 	// they are slow; kept to compare and as a fallback.
 	FullSync bool
+	// CommitGap spaces commits under load: a commit starts at least this
+	// long after the previous one (unless its batch is already large), so
+	// that the messages of many devices share a commit and an fsync instead
+	// of a few each. A commit after a quiet spell does not wait. Default
+	// 2 ms; negative: no gap.
+	CommitGap time.Duration
 }
 
 func (o *Options) defaults() {
@@ -55,6 +61,9 @@ func (o *Options) defaults() {
 	}
 	if o.CompactInterval <= 0 {
 		o.CompactInterval = 10 * time.Second
+	}
+	if o.CommitGap == 0 {
+		o.CommitGap = 2 * time.Millisecond
 	}
 }
 
@@ -389,6 +398,17 @@ type op struct {
 	exclusive func(ctx context.Context, c *sql.Conn) error
 	err       error
 	done      chan struct{}
+	// cb, when set, is called instead of closing done (AppendTelemetryAsync).
+	cb func(error)
+}
+
+// finish reports o's outcome to its caller.
+func (o *op) finish() {
+	if o.cb != nil {
+		o.cb(o.err)
+		return
+	}
+	close(o.done)
 }
 
 // do queues o and waits for its commit or for ctx. A caller that gives up
@@ -467,6 +487,10 @@ func (s *Store) writer() {
 	stepNow := make(chan struct{})
 	close(stepNow)
 	timer := time.NewTimer(s.opt.CompactInterval)
+	gap := time.NewTimer(time.Hour)
+	gap.Stop()
+	defer gap.Stop()
+	var lastCommit time.Time
 	defer timer.Stop()
 	for {
 		var first *op
@@ -513,6 +537,27 @@ func (s *Store) writer() {
 		// for the next fsync to flush: wait until the batch is worth a
 		// commit or the syncer has nothing left to do.
 		minCommit := s.opt.MaxBatch / 8
+		// Under load (the previous commit began less than CommitGap ago),
+		// gather more before committing: at the fleet's shape a group
+		// commit otherwise holds the few messages that arrived during one
+		// fsync, and every commit costs the writer, the syncer and their
+		// wake-ups as much as its messages do.
+		if gapEnd := lastCommit.Add(s.opt.CommitGap); s.wal != nil && n < minCommit && time.Now().Before(gapEnd) {
+			gap.Reset(time.Until(gapEnd))
+		gather:
+			for n < minCommit {
+				select {
+				case o := <-s.ops:
+					batch = append(batch, o)
+					n += max(1, len(o.recs))
+				case <-gap.C:
+					break gather
+				case <-s.quit:
+					break gather
+				}
+			}
+			gap.Stop()
+		}
 	wait:
 		for s.wal != nil && n < minCommit && s.syncBusy.Load() {
 			select {
@@ -524,6 +569,7 @@ func (s *Store) writer() {
 				break wait
 			}
 		}
+		lastCommit = time.Now()
 		force := s.commit(batch)
 		s.maybeCompact(force)
 	}
@@ -546,7 +592,7 @@ func (s *Store) commit(batch []*op) (compact bool) {
 		if o.err = o.ctx.Err(); o.err == nil {
 			o.err = o.exclusive(context.Background(), s.wconn)
 		}
-		close(o.done)
+		o.finish()
 	}
 	return compact
 }
@@ -559,7 +605,7 @@ func (s *Store) commitTx(batch []*op) (compact bool) {
 	for _, o := range batch {
 		if err := o.ctx.Err(); err != nil {
 			o.err = err
-			close(o.done)
+			o.finish()
 			continue
 		}
 		live = append(live, o)
@@ -570,7 +616,7 @@ func (s *Store) commitTx(batch []*op) (compact bool) {
 	fail := func(err error) bool {
 		for _, o := range live {
 			o.err = err
-			close(o.done)
+			o.finish()
 		}
 		return false
 	}
@@ -648,7 +694,7 @@ func (s *Store) commitTx(batch []*op) (compact bool) {
 	}
 	if s.wal == nil {
 		for _, o := range live {
-			close(o.done)
+			o.finish()
 		}
 		return compact
 	}
@@ -700,7 +746,7 @@ func (s *Store) syncer() {
 			if err != nil && o.err == nil {
 				o.err = fmt.Errorf("sqlite: syncing the write-ahead log: %w", err)
 			}
-			close(o.done)
+			o.finish()
 		}
 		if len(s.syncq) == 0 {
 			s.syncBusy.Store(false)

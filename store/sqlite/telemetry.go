@@ -212,6 +212,27 @@ func (s *Store) AppendTelemetry(ctx context.Context, recs []store.Record) error 
 	return s.do(ctx, &op{recs: recs})
 }
 
+// AppendTelemetryAsync implements store.AsyncAppender: done runs on the
+// syncer goroutine once the WAL holding recs is on disk (on the writer
+// goroutine with FullSync, or when the commit fails).
+func (s *Store) AppendTelemetryAsync(recs []store.Record, done func(error)) {
+	if len(recs) == 0 {
+		done(nil)
+		return
+	}
+	o := &op{ctx: context.Background(), recs: recs, cb: done}
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
+		done(store.ErrClosed)
+		return
+	}
+	s.ops <- o
+	s.closeMu.RUnlock()
+}
+
+var _ store.AsyncAppender = (*Store)(nil)
+
 // Compact moves the whole telemetry log into chunks now and merges buckets
 // that received late chunks. The store also does it on its own; tests and
 // benchmarks call it to reach a known layout.
