@@ -31,6 +31,12 @@
       } catch (err) { status(err.message, true); }
     });
     load().catch(e => status(e.message, true));
+    api("GET", "/v1/ownership/policy").then(p => { $("#pol-reset").value = p.onReset; $("#pol-keep").value = p.keepDays; }).catch(e => status(e.message, true));
+    $("#policy-form").addEventListener("submit", async e => {
+      e.preventDefault();
+      try { await api("PUT", "/v1/ownership/policy", { onReset: $("#pol-reset").value, keepDays: Number($("#pol-keep").value) }); status("Policy saved"); }
+      catch (err) { status(err.message, true); }
+    });
   };
 
   TL.views.account = function () {

@@ -279,6 +279,11 @@
     if (!box || !(role === "admin" || role === "user")) return;
     box.hidden = false;
     if (role === "admin") box.querySelector(".muted").textContent = "Ends the current owner's ownership; the device can then be claimed again.";
+    const del = $("#delete-device");
+    if (del) del.addEventListener("click", async () => {
+      if (!confirm("Delete " + name + " with its credentials, attributes and telemetry? The audit trail stays; the device is disconnected and provisioned afresh if it connects again.")) return;
+      try { await api("DELETE", "/v1/devices/" + enc(name)); location.assign("/console/devices"); } catch (e) { status(e.message, true); }
+    });
     $("#release").addEventListener("click", async () => {
       if (!confirm("Release " + name + "? " + (role === "admin" ? "Its owner loses it." : "You lose access to it and its data."))) return;
       try { await api("POST", "/v1/devices/" + enc(name) + "/release", {}); status("Released"); if (role !== "admin") location.assign("/console/devices"); }
