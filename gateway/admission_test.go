@@ -1,10 +1,14 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,4 +129,51 @@ func counterValue(c prometheus.Counter) float64 {
 		return -1
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TestDeviceConnectsLoggedAndSummarized: each device connection is a line
+// at INFO until the window's burst is spent; the rest are summed up in one
+// line.
+func TestDeviceConnectsLoggedAndSummarized(t *testing.T) {
+	var buf lockedBuffer
+	e := newEnv(t, func(_ *env, c *Config) { c.Logger = slog.New(slog.NewTextHandler(&buf, nil)) })
+	n := connLogBurst + 5
+	for i := range n {
+		cert, _ := e.inter.device(t, fmt.Sprintf("SN-LOG-%02d", i))
+		conn, code, err := dialConnect(e, cert, 60)
+		if err != nil || code != 0 {
+			t.Fatalf("connect %d: %v %d", i, err, code)
+		}
+		defer conn.Close()
+	}
+	tstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if got := strings.Count(buf.String(), `msg="gateway: device connected"`); got != connLogBurst {
+			return fmt.Errorf("%d connection lines, want %d", got, connLogBurst)
+		}
+		return nil
+	})
+	if !strings.Contains(buf.String(), "level=INFO") || !strings.Contains(buf.String(), "device=SN-LOG-00") {
+		t.Errorf("connection lines lack level or device:\n%s", buf.String())
+	}
+	e.srv.Close()
+	if !strings.Contains(buf.String(), `msg="gateway: devices connected" count=5`) {
+		t.Errorf("no summary of the 5 connections beyond the burst:\n%s", buf.String())
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -135,6 +135,8 @@ type Server struct {
 
 	peerMu sync.Mutex // leaf lock
 	peers  map[string]*peer
+
+	connLog connLog
 	wg     sync.WaitGroup // connection goroutines
 
 	events  chan store.Event
@@ -441,6 +443,12 @@ func (s *Server) Close() error {
 	close(s.stopReload)
 	close(s.events)
 	s.evWG.Wait()
+	s.connLog.mu.Lock()
+	if s.connLog.timer != nil {
+		s.connLog.timer.Stop()
+	}
+	s.connLog.mu.Unlock()
+	s.flushConnLog()
 	return nil
 }
 

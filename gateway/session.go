@@ -852,6 +852,7 @@ func (ss *session) connect(pk *packets.Packet) (bool, error) {
 		s.log.Warn("gateway: setting device online", "device", ss.dev.Name, "err", err)
 	}
 	ss.observeStart(ctx, now)
+	s.connected(ss.dev.Name, ss.addr, ss.ver)
 	s.event(store.Event{Device: ss.dev.Name, Kind: store.EventConnect, Addr: ss.addr, Time: now,
 		Detail: json.RawMessage(fmt.Sprintf(`{"protocol":%d,"serial":%q}`, ss.ver, ss.serial))})
 	return true, nil
