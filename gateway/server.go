@@ -137,7 +137,7 @@ type Server struct {
 	peers  map[string]*peer
 
 	connLog connLog
-	wg     sync.WaitGroup // connection goroutines
+	wg      sync.WaitGroup // connection goroutines
 
 	events  chan store.Event
 	evWG    sync.WaitGroup
