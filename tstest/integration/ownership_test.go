@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -185,6 +186,71 @@ func (e *ownerEnv) telemetry(user, sn string) (int, []point) {
 	return code, res["temperature"]
 }
 
+// notice is one event of the live stream.
+type notice struct {
+	Topic  string
+	Device string `json:"device"`
+	TS     int64  `json:"ts"`
+	At     time.Time
+}
+
+// stream opens a user's live stream on srv and collects its notices until
+// the test ends.
+func (e *ownerEnv) stream(srv *server, user string) *noticeLog {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+srv.httpAddr+"/api/v1/stream", nil)
+	req.Header.Set("Authorization", "Bearer "+e.tokens[user])
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		e.t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		cancel()
+		e.t.Fatalf("stream as %s: %d", user, resp.StatusCode)
+	}
+	l := &noticeLog{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer resp.Body.Close()
+		br := bufio.NewReader(resp.Body)
+		topic := ""
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			switch {
+			case strings.HasPrefix(line, "event: "):
+				topic = strings.TrimSpace(line[len("event: "):])
+			case strings.HasPrefix(line, "data: "):
+				var n notice
+				if json.Unmarshal([]byte(line[len("data: "):]), &n) == nil {
+					n.Topic, n.At = topic, time.Now()
+					l.mu.Lock()
+					l.ns = append(l.ns, n)
+					l.mu.Unlock()
+				}
+			}
+		}
+	}()
+	e.t.Cleanup(func() { cancel(); <-done })
+	return l
+}
+
+type noticeLog struct {
+	mu sync.Mutex
+	ns []notice
+}
+
+func (l *noticeLog) all() []notice {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]notice(nil), l.ns...)
+}
+
 func backends(t *testing.T, run func(t *testing.T, cluster bool)) {
 	t.Run("sqlite", func(t *testing.T) { run(t, false) })
 	t.Run("postgres-two-nodes", func(t *testing.T) { run(t, true) })
@@ -289,14 +355,27 @@ func TestOwnershipLifecycle(t *testing.T) {
 			t.Errorf("case A: history before the reset is gone (%d points)", len(pts))
 		}
 
-		// Case B, transfer: the other user claims the reset device.
+		// Case B, transfer: the other user claims the reset device. The
+		// previous owner watches the live stream on the device's node, the
+		// claim goes through the other node.
 		if err := tw.FactoryReset(); err != nil {
 			t.Fatal(err)
 		}
 		e.waitClaim(sn, true)
+		oldStream := e.stream(e.mqtt, owner)
+		tstest.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+			for _, n := range oldStream.all() {
+				if n.Topic == "telemetry" && n.Device == sn {
+					return nil
+				}
+			}
+			return fmt.Errorf("the owner's stream shows no telemetry of %s", sn)
+		})
 		if code, a := e.claim(other, sn, "s3cret"); code != 200 || a.Outcome != "transferred" {
 			t.Fatalf("case B: %d %+v", code, a)
 		}
+		transferredAt := time.Now()
+		newStream := e.stream(e.api, other)
 		// The previous owner is refused at once, everywhere.
 		for _, p := range []string{"", "/telemetry", "/telemetry/latest", "/attributes", "/credentials"} {
 			if code := e.call(owner, "GET", "/api/v1/devices/"+sn+p, "", nil); code != 404 {
@@ -351,6 +430,28 @@ func TestOwnershipLifecycle(t *testing.T) {
 		for _, ev := range evs.Events {
 			if ev.Time.UnixMilli() < since {
 				t.Errorf("new owner sees an event of %v, before the epoch", ev.Time)
+			}
+		}
+		// The streams: the previous owner's stops showing the device as soon
+		// as the change reaches its node; the new owner's starts with it.
+		// Wait until the device has streamed for a while after the
+		// transfer, so that the previous owner's stream had its chance.
+		tstest.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+			for _, n := range newStream.all() {
+				if n.Topic == "telemetry" && n.Device == sn && n.At.After(transferredAt.Add(2*time.Second)) {
+					return nil
+				}
+			}
+			return fmt.Errorf("the new owner's stream shows no telemetry of %s 2 s after the transfer", sn)
+		})
+		for _, n := range newStream.all() {
+			if n.Device == sn && n.TS != 0 && n.TS < since {
+				t.Errorf("the new owner's stream shows a %s notice of %d, before the epoch (%d)", n.Topic, n.TS, since)
+			}
+		}
+		for _, n := range oldStream.all() {
+			if n.Device == sn && n.At.After(transferredAt.Add(time.Second)) {
+				t.Errorf("the previous owner's stream still shows %s of %s %v after the transfer", n.Topic, sn, n.At.Sub(transferredAt))
 			}
 		}
 		// The previous owner may still export their own epoch, and only it.
