@@ -1,15 +1,12 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -27,69 +24,19 @@ func init() {
 	register(newProfileCmd)
 }
 
-// restFlags are the flags of commands that call the REST API.
-type restFlags struct {
-	server, token string
-}
-
-func (f *restFlags) add(c *cobra.Command) {
-	c.PersistentFlags().StringVar(&f.server, "server", "", "thingline API URL (default $THINGLINE_SERVER or http://127.0.0.1:8080)")
-	c.PersistentFlags().StringVar(&f.token, "token", "", "API token (default $THINGLINE_TOKEN)")
-}
-
-// call sends a JSON request (body nil: none) and decodes a JSON answer
-// into out (nil: ignored). A non-2xx answer is an error with the server's
-// message.
-func (f *restFlags) call(ctx context.Context, method, path string, body, out any) error {
-	server := f.server
-	if server == "" {
-		server = os.Getenv("THINGLINE_SERVER")
-	}
-	if server == "" {
-		server = "http://127.0.0.1:8080"
-	}
-	token := f.token
-	if token == "" {
-		token = os.Getenv("THINGLINE_TOKEN")
-	}
-	var rd io.Reader
+// callJSON sends body (nil: none) as JSON and decodes a JSON answer into
+// out (nil: ignored).
+func (a *apiClient) callJSON(ctx context.Context, method, path string, body, out any) error {
+	var b []byte
 	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
+		var err error
+		if b, err = json.Marshal(body); err != nil {
 			return err
 		}
-		rd = bytes.NewReader(b)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(server, "/")+path, rd)
-	if err != nil {
+	data, err := a.do(ctx, method, path, "application/json", b)
+	if err != nil || out == nil || len(data) == 0 {
 		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode/100 != 2 {
-		var e struct{ Error string }
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s %s: %s (HTTP %d)", method, path, e.Error, resp.StatusCode)
-		}
-		return fmt.Errorf("%s %s: HTTP %d", method, path, resp.StatusCode)
-	}
-	if out == nil || len(data) == 0 {
-		return nil
 	}
 	return json.Unmarshal(data, out)
 }
@@ -114,12 +61,11 @@ type alarmView struct {
 }
 
 func newAlarmCmd() *cobra.Command {
-	var rf restFlags
+	var rf apiClient
 	c := &cobra.Command{
 		Use:   "alarm",
 		Short: "List, acknowledge and clear device alarms; manage alarm rules",
 	}
-	rf.add(c)
 
 	var device, status, severity, typ string
 	var limit int
@@ -137,7 +83,7 @@ func newAlarmCmd() *cobra.Command {
 			}
 			v.Set("limit", strconv.Itoa(limit))
 			var raw json.RawMessage
-			if err := rf.call(cmd.Context(), "GET", "/api/v1/alarms?"+v.Encode(), nil, &raw); err != nil {
+			if err := rf.callJSON(cmd.Context(), "GET", "/api/v1/alarms?"+v.Encode(), nil, &raw); err != nil {
 				return err
 			}
 			if asJSON {
@@ -166,7 +112,7 @@ func newAlarmCmd() *cobra.Command {
 	f.BoolVar(&asJSON, "json", false, "print the API's JSON")
 
 	action := func(verb, short string) *cobra.Command {
-		return &cobra.Command{
+		return withAPI(&rf, &cobra.Command{
 			Use:   verb + " ID...",
 			Short: short,
 			Args:  cobra.MinimumNArgs(1),
@@ -176,38 +122,38 @@ func newAlarmCmd() *cobra.Command {
 						return fmt.Errorf("alarm %s: %q is not an alarm id", verb, id)
 					}
 					var a alarmView
-					if err := rf.call(cmd.Context(), "POST", "/api/v1/alarms/"+id+"/"+verb, nil, &a); err != nil {
+					if err := rf.callJSON(cmd.Context(), "POST", "/api/v1/alarms/"+id+"/"+verb, nil, &a); err != nil {
 						return err
 					}
 					fmt.Fprintf(cmd.OutOrStdout(), "%d %s %s: %s\n", a.ID, a.Device, a.Type, a.Status)
 				}
 				return nil
 			},
-		}
+		})
 	}
-	c.AddCommand(list, action("ack", "Acknowledge alarms"), action("clear", "Clear alarms"), newAlarmRulesCmd(&rf))
+	c.AddCommand(withAPI(&rf, list), action("ack", "Acknowledge alarms"), action("clear", "Clear alarms"), newAlarmRulesCmd(&rf))
 	return c
 }
 
-func newAlarmRulesCmd(rf *restFlags) *cobra.Command {
+func newAlarmRulesCmd(rf *apiClient) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "rules",
 		Short: "Alarm rules of device profiles: a telemetry key, a condition, a duration",
 	}
-	c.AddCommand(&cobra.Command{
+	c.AddCommand(withAPI(rf, &cobra.Command{
 		Use:   "list PROFILE",
 		Short: "Print a profile's alarm rules (JSON)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var out json.RawMessage
-			if err := rf.call(cmd.Context(), "GET", "/api/v1/profiles/"+url.PathEscape(args[0])+"/alarm-rules", nil, &out); err != nil {
+			if err := rf.callJSON(cmd.Context(), "GET", "/api/v1/profiles/"+url.PathEscape(args[0])+"/alarm-rules", nil, &out); err != nil {
 				return err
 			}
 			var v any
 			json.Unmarshal(out, &v)
 			return printJSON(cmd.OutOrStdout(), v)
 		},
-	})
+	}))
 	var typ, key, severity, raise, clear string
 	var raiseFor, clearFor time.Duration
 	add := &cobra.Command{
@@ -230,7 +176,7 @@ func newAlarmRulesCmd(rf *restFlags) *cobra.Command {
 				rule["clear"] = cc
 			}
 			var out json.RawMessage
-			if err := rf.call(cmd.Context(), "POST", "/api/v1/profiles/"+url.PathEscape(args[0])+"/alarm-rules", rule, &out); err != nil {
+			if err := rf.callJSON(cmd.Context(), "POST", "/api/v1/profiles/"+url.PathEscape(args[0])+"/alarm-rules", rule, &out); err != nil {
 				return err
 			}
 			var v any
@@ -249,7 +195,7 @@ func newAlarmRulesCmd(rf *restFlags) *cobra.Command {
 	add.MarkFlagRequired("type")
 	add.MarkFlagRequired("key")
 	add.MarkFlagRequired("raise")
-	c.AddCommand(add, &cobra.Command{
+	c.AddCommand(withAPI(rf, add), withAPI(rf, &cobra.Command{
 		Use:   "delete PROFILE ID",
 		Short: "Remove an alarm rule",
 		Args:  cobra.ExactArgs(2),
@@ -257,9 +203,9 @@ func newAlarmRulesCmd(rf *restFlags) *cobra.Command {
 			if _, err := strconv.ParseInt(args[1], 10, 64); err != nil {
 				return fmt.Errorf("%q is not a rule id", args[1])
 			}
-			return rf.call(cmd.Context(), "DELETE", "/api/v1/profiles/"+url.PathEscape(args[0])+"/alarm-rules/"+args[1], nil, nil)
+			return rf.callJSON(cmd.Context(), "DELETE", "/api/v1/profiles/"+url.PathEscape(args[0])+"/alarm-rules/"+args[1], nil, nil)
 		},
-	})
+	}))
 	return c
 }
 
@@ -283,12 +229,11 @@ func parseCondition(s string, d time.Duration) (map[string]any, error) {
 }
 
 func newProfileCmd() *cobra.Command {
-	var rf restFlags
+	var rf apiClient
 	c := &cobra.Command{
 		Use:   "profile",
 		Short: "Operational settings of device profiles",
 	}
-	rf.add(c)
 	var inactivity, telemetry, events string
 	settings := &cobra.Command{
 		Use:   "settings PROFILE [--inactivity-timeout D] [--retention-telemetry D] [--retention-events D]",
@@ -297,7 +242,7 @@ func newProfileCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := "/api/v1/profiles/" + url.PathEscape(args[0]) + "/settings"
 			var cur map[string]any
-			if err := rf.call(cmd.Context(), "GET", path, nil, &cur); err != nil {
+			if err := rf.callJSON(cmd.Context(), "GET", path, nil, &cur); err != nil {
 				return err
 			}
 			f := cmd.Flags()
@@ -310,7 +255,7 @@ func newProfileCmd() *cobra.Command {
 				}
 			}
 			if changed {
-				if err := rf.call(cmd.Context(), "PUT", path, cur, &cur); err != nil {
+				if err := rf.callJSON(cmd.Context(), "PUT", path, cur, &cur); err != nil {
 					return err
 				}
 			}
@@ -321,7 +266,13 @@ func newProfileCmd() *cobra.Command {
 	f.StringVar(&inactivity, "inactivity-timeout", "", "a device silent this long is inactive and raises the offline alarm")
 	f.StringVar(&telemetry, "retention-telemetry", "", "telemetry older than this is removed")
 	f.StringVar(&events, "retention-events", "", "events older than this are removed")
-	c.AddCommand(settings)
+	c.AddCommand(withAPI(&rf, settings))
+	return c
+}
+
+// withAPI gives c the API flags of a.
+func withAPI(a *apiClient, c *cobra.Command) *cobra.Command {
+	a.addFlags(c)
 	return c
 }
 
