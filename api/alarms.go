@@ -71,17 +71,7 @@ func (s *Server) listAlarms(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	resp := struct {
-		Alarms []store.Alarm `json:"alarms"`
-		Next   int64         `json:"next,omitempty"`
-	}{Alarms: as}
-	if resp.Alarms == nil {
-		resp.Alarms = []store.Alarm{}
-	}
-	if len(as) == int(limit) {
-		resp.Next = as[len(as)-1].ID
-	}
-	writeJSON(w, http.StatusOK, resp)
+	writePage(w, "alarms", as, limit, func(a store.Alarm) int64 { return a.ID })
 	return nil
 }
 

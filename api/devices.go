@@ -208,17 +208,7 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 	}
-	resp := struct {
-		Events []store.Event `json:"events"`
-		Next   int64         `json:"next,omitempty"`
-	}{Events: evs}
-	if resp.Events == nil {
-		resp.Events = []store.Event{}
-	}
-	if len(evs) == int(limit) {
-		resp.Next = evs[len(evs)-1].ID
-	}
-	writeJSON(w, http.StatusOK, resp)
+	writePage(w, "events", evs, limit, func(e store.Event) int64 { return e.ID })
 	return nil
 }
 

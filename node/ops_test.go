@@ -19,7 +19,6 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/thingline/thingline/pki"
 	"github.com/thingline/thingline/pki/pkitest"
@@ -41,36 +40,11 @@ func backends(t *testing.T) []backend {
 	bs := []backend{{name: "sqlite", storeURL: func(*testing.T) string { return "" }}}
 	pg, nats := os.Getenv("THINGLINE_TEST_POSTGRES"), os.Getenv("THINGLINE_TEST_NATS")
 	if pg != "" && nats != "" {
-		bs = append(bs, backend{name: "postgres-nats", storeURL: pgSchema, busURL: nats})
+		bs = append(bs, backend{name: "postgres-nats", storeURL: func(t *testing.T) string { return tstest.PostgresSchema(t) }, busURL: nats})
 	} else {
 		t.Log("THINGLINE_TEST_POSTGRES and THINGLINE_TEST_NATS not both set: PostgreSQL and NATS variants skipped")
 	}
 	return bs
-}
-
-// pgSchema makes a schema of the test's own and returns the store URL
-// using it.
-func pgSchema(t *testing.T) string {
-	t.Helper()
-	pgURL := os.Getenv("THINGLINE_TEST_POSTGRES")
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, pgURL)
-	if err != nil {
-		t.Fatalf("postgres: %v", err)
-	}
-	schema := fmt.Sprintf("ops_%d", time.Now().UnixNano())
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
-		conn.Close(context.Background())
-	})
-	sep := "?"
-	if strings.Contains(pgURL, "?") {
-		sep = "&"
-	}
-	return pgURL + sep + "search_path=" + schema
 }
 
 // testNode is an in-process node on loopback.
@@ -491,7 +465,7 @@ func TestStreamAcrossNodes(t *testing.T) {
 	if pg == "" || nats == "" {
 		t.Skip("THINGLINE_TEST_POSTGRES and THINGLINE_TEST_NATS are needed for two nodes")
 	}
-	storeURL := pgSchema(t)
+	storeURL := tstest.PostgresSchema(t)
 	a := startTestNode(t, storeURL, nats, "node-a", nil, nil)
 	b := startTestNode(t, storeURL, nats, "node-b", a, nil)
 	d := a.newDevice("SN-XNODE")

@@ -3,49 +3,40 @@ package tstest
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 )
 
-// PostgresSchema returns the URL of THINGLINE_TEST_POSTGRES on a fresh
-// schema (named prefix_<ns>) dropped when the test ends, so that tests and
-// concurrent runs sharing one database see only their own rows. It skips
-// the test when the variable is not set.
-func PostgresSchema(t testing.TB, prefix string) string {
+// PostgresSchema makes a fresh schema on THINGLINE_TEST_POSTGRES, dropped
+// when the test ends, and returns the URL of a store using it, so that a
+// test sees only its own rows. It skips the test when the variable is not
+// set.
+func PostgresSchema(t testing.TB) string {
 	t.Helper()
-	base := os.Getenv("THINGLINE_TEST_POSTGRES")
-	if base == "" {
-		t.Skip("THINGLINE_TEST_POSTGRES is not set: PostgreSQL variant skipped")
+	pgURL := os.Getenv("THINGLINE_TEST_POSTGRES")
+	if pgURL == "" {
+		t.Skip("THINGLINE_TEST_POSTGRES is not set: this test needs PostgreSQL")
 	}
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, base)
+	conn, err := pgx.Connect(ctx, pgURL)
 	if err != nil {
 		t.Fatalf("postgres: %v", err)
 	}
-	defer conn.Close(ctx)
-	schema := fmt.Sprintf("%s_%d", prefix, time.Now().UnixNano())
+	schema := fmt.Sprintf("t_%d", time.Now().UnixNano())
 	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatalf("postgres: %v", err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		conn, err := pgx.Connect(ctx, base)
-		if err != nil {
-			t.Errorf("dropping schema %s: %v", schema, err)
-			return
-		}
-		defer conn.Close(ctx)
-		conn.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE")
+		conn.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
+		conn.Close(context.Background())
 	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatalf("THINGLINE_TEST_POSTGRES: %v", err)
+	sep := "?"
+	if strings.Contains(pgURL, "?") {
+		sep = "&"
 	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
+	return pgURL + sep + "search_path=" + schema
 }

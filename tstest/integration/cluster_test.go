@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/thingline/thingline/pki/pkitest"
 	"github.com/thingline/thingline/tstest"
@@ -123,29 +121,9 @@ func subscribeDevice(t *testing.T, c mqtt.Client, attrs chan<- string) {
 // when either is not configured.
 func clusterStore(t *testing.T) (storeURL, natsURL string) {
 	t.Helper()
-	pgURL := os.Getenv("THINGLINE_TEST_POSTGRES")
 	natsURL = os.Getenv("THINGLINE_TEST_NATS")
-	if pgURL == "" || natsURL == "" {
+	if os.Getenv("THINGLINE_TEST_POSTGRES") == "" || natsURL == "" {
 		t.Skip("THINGLINE_TEST_POSTGRES and THINGLINE_TEST_NATS are needed for a two-node cluster")
 	}
-	// A schema of its own, so that the test sees only its own devices.
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, pgURL)
-	if err != nil {
-		t.Fatalf("postgres: %v", err)
-	}
-	schema := fmt.Sprintf("it_%d", time.Now().UnixNano())
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
-		conn.Close(context.Background())
-	})
-	sep := "?"
-	if strings.Contains(pgURL, "?") {
-		sep = "&"
-	}
-	storeURL = pgURL + sep + "search_path=" + schema
-	return storeURL, natsURL
+	return tstest.PostgresSchema(t), natsURL
 }

@@ -1,0 +1,17 @@
+package api
+
+import "net/http"
+
+// writePage answers one page of a listing ordered by descending id:
+// {"<key>":[…],"next":<the last id>}, with "next" only when the page is
+// full (the caller passes it back as "before").
+func writePage[T any](w http.ResponseWriter, key string, items []T, limit int64, id func(T) int64) {
+	resp := map[string]any{key: items}
+	if items == nil {
+		resp[key] = []T{}
+	}
+	if len(items) > 0 && len(items) == int(limit) {
+		resp["next"] = id(items[len(items)-1])
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
