@@ -95,6 +95,12 @@ type Store struct {
 	syncBusy   atomic.Bool   // an fsync runs or batches wait for one
 	syncIdle   chan struct{} // signalled (cap 1) when the syncer runs dry
 
+	// Checkpoints run on a connection of their own (see checkpointer).
+	ckConn *sql.Conn
+	ckWake chan struct{} // capacity 1: the writer committed
+	ckQuit chan struct{}
+	ckDone chan struct{}
+
 	tail tail
 
 	// Owned by the writer goroutine.
@@ -210,6 +216,20 @@ func OpenOptions(ctx context.Context, path string, opt Options) (*Store, error) 
 		s.syncerDone = make(chan struct{})
 		go s.syncer()
 	}
+	if s.ckConn, err = db.Conn(ctx); err != nil {
+		if s.wal != nil {
+			close(s.syncq)
+			<-s.syncerDone
+			s.wal.Close()
+		}
+		wconn.Close()
+		db.Close()
+		return nil, fmt.Errorf("sqlite: opening %s: %w", path, err)
+	}
+	s.ckWake = make(chan struct{}, 1)
+	s.ckQuit = make(chan struct{})
+	s.ckDone = make(chan struct{})
+	go s.checkpointer()
 	s.lastCompact = time.Now()
 	go s.writer()
 	if s.Tables, err = sqldb.NewTables(ctx, sqldb.New(sqldb.SQLite, db, s.sqlWrite)); err != nil {
@@ -236,6 +256,9 @@ func (s *Store) Close() error {
 	s.closeMu.Unlock()
 	close(s.quit)
 	<-s.done
+	close(s.ckQuit)
+	<-s.ckDone
+	s.ckConn.Close()
 	var err0 error
 	if s.wal != nil {
 		close(s.syncq)
@@ -346,7 +369,8 @@ CREATE INDEX devices_profile ON devices(profile, name);
 func (s *Store) migrate(ctx context.Context) error {
 	// The writer connection is the only writer, and BEGIN IMMEDIATE makes a
 	// second process opening the same file wait instead of racing.
-	if _, err := s.wconn.ExecContext(ctx, "PRAGMA wal_autocheckpoint=1000"); err != nil {
+	// Checkpoints are the checkpointer's, not the writer's.
+	if _, err := s.wconn.ExecContext(ctx, "PRAGMA wal_autocheckpoint=0"); err != nil {
 		return fmt.Errorf("sqlite: configuring: %w", err)
 	}
 	if _, err := s.wconn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
@@ -571,6 +595,10 @@ func (s *Store) writer() {
 		}
 		lastCommit = time.Now()
 		force := s.commit(batch)
+		select {
+		case s.ckWake <- struct{}{}:
+		default:
+		}
 		s.maybeCompact(force)
 	}
 }
@@ -755,6 +783,50 @@ func (s *Store) syncer() {
 			default:
 			}
 		}
+	}
+}
+
+// checkpointDelay is how long the checkpointer lets commits gather in the
+// WAL before copying them into the database file.
+const checkpointDelay = 200 * time.Millisecond
+
+// checkpointer copies the WAL into the database file a little after writes,
+// on a connection of its own. SQLite's automatic checkpoint would run inside
+// the commit that crosses 1,000 WAL pages, on the writer goroutine, with an
+// fsync of the WAL and one of the database file: every acknowledgement
+// waiting meanwhile (about once a second at the fleet's shape). A PASSIVE
+// checkpoint needs no write lock, so appends go on while it runs. But the
+// WAL is restarted from its beginning (instead of growing) only by a write
+// transaction that begins when a checkpoint has copied all of it, and under
+// load new commits always arrive meanwhile: so, once the bulk is copied
+// here, the writer runs a second checkpoint between two batches, which
+// copies only the few pages committed since.
+func (s *Store) checkpointer() {
+	defer close(s.ckDone)
+	delay := time.NewTimer(time.Hour)
+	delay.Stop()
+	defer delay.Stop()
+	for {
+		select {
+		case <-s.ckWake:
+		case <-s.ckQuit:
+			return
+		}
+		delay.Reset(checkpointDelay)
+		select {
+		case <-delay.C:
+		case <-s.ckQuit:
+			return
+		}
+		// Busy (another checkpoint, Checkpoint's TRUNCATE) is no error:
+		// the next commit asks again.
+		var busy, frames, done int
+		if err := s.ckConn.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &done); err != nil || busy != 0 {
+			continue
+		}
+		s.do(context.Background(), &op{exclusive: func(ctx context.Context, c *sql.Conn) error {
+			return c.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &done)
+		}})
 	}
 }
 
