@@ -3,40 +3,49 @@ package tstest
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 )
 
-// PostgresSchema makes a fresh schema on THINGLINE_TEST_POSTGRES, dropped
-// when the test ends, and returns the URL of a store using it, so that a
-// test sees only its own rows. It skips the test when the variable is not
-// set.
-func PostgresSchema(t testing.TB) string {
+// PostgresSchema returns the URL of THINGLINE_TEST_POSTGRES on a fresh
+// schema (named prefix_<ns>) dropped when the test ends, so that tests and
+// concurrent runs sharing one database see only their own rows. It skips
+// the test when the variable is not set.
+func PostgresSchema(t testing.TB, prefix string) string {
 	t.Helper()
-	pgURL := os.Getenv("THINGLINE_TEST_POSTGRES")
-	if pgURL == "" {
-		t.Skip("THINGLINE_TEST_POSTGRES is not set: this test needs PostgreSQL")
+	base := os.Getenv("THINGLINE_TEST_POSTGRES")
+	if base == "" {
+		t.Skip("THINGLINE_TEST_POSTGRES is not set: PostgreSQL variant skipped")
 	}
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, pgURL)
+	conn, err := pgx.Connect(ctx, base)
 	if err != nil {
 		t.Fatalf("postgres: %v", err)
 	}
-	schema := fmt.Sprintf("t_%d", time.Now().UnixNano())
+	defer conn.Close(ctx)
+	schema := fmt.Sprintf("%s_%d", prefix, time.Now().UnixNano())
 	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
+		t.Fatalf("postgres: %v", err)
 	}
 	t.Cleanup(func() {
-		conn.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
-		conn.Close(context.Background())
+		conn, err := pgx.Connect(ctx, base)
+		if err != nil {
+			t.Errorf("dropping schema %s: %v", schema, err)
+			return
+		}
+		defer conn.Close(ctx)
+		conn.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE")
 	})
-	sep := "?"
-	if strings.Contains(pgURL, "?") {
-		sep = "&"
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatalf("THINGLINE_TEST_POSTGRES: %v", err)
 	}
-	return pgURL + sep + "search_path=" + schema
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	return u.String()
 }

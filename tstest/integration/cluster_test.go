@@ -125,5 +125,5 @@ func clusterStore(t *testing.T) (storeURL, natsURL string) {
 	if os.Getenv("THINGLINE_TEST_POSTGRES") == "" || natsURL == "" {
 		t.Skip("THINGLINE_TEST_POSTGRES and THINGLINE_TEST_NATS are needed for a two-node cluster")
 	}
-	return tstest.PostgresSchema(t), natsURL
+	return tstest.PostgresSchema(t, "it"), natsURL
 }
