@@ -119,6 +119,12 @@ func (ss *session) completeAsync(w *work, err error) {
 		ss.asyncDone()
 		return
 	}
+	// Stored: the observer (device activity, alarm rules) sees the records
+	// as on the flusher's path. Its Handled only updates memory and hands
+	// raises to its own workers, so the acker is not held up.
+	if ss.obs != nil {
+		ss.obs.Handled(w.recs, ss.srv.now())
+	}
 	ss.ackMu.Lock()
 	if ss.outBusy {
 		ss.outq = append(ss.outq, w)
