@@ -757,6 +757,17 @@ func TestConsoleAlarms(t *testing.T) {
 		waitJS(`document.querySelectorAll("#alarms tr[data-alarm]").length === 2`),
 	)
 	screenshot(t, ctx, "alarms")
+	run(t, ctx, "the profile's settings",
+		chromedp.SendKeys(chromedp.CSS(`#ps-inactive`), "10m"),
+		chromedp.Click(chromedp.CSS(`#settings-form button`)),
+		waitJS(`document.querySelector("#status").textContent === "Settings saved"`),
+	)
+	var ps struct {
+		InactivityTimeout string `json:"inactivityTimeout"`
+	}
+	if apiAs(t, n, adminToken, "GET", "/api/v1/profiles/default/settings", "", &ps); ps.InactivityTimeout != "10m0s" {
+		t.Errorf("profile settings after saving: %+v", ps)
+	}
 	var st string
 	run(t, ctx, "acknowledge one",
 		chromedp.Click(chromedp.CSS(`#alarms tr[data-alarm] button.ack`)),

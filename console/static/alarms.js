@@ -53,8 +53,25 @@
   function rules() {
     if (TL.role !== "admin") for (const e of document.querySelectorAll(".admin-only")) e.remove();
     const sel = $("#rule-profile");
+    const settings = async () => {
+      const ps = await api("GET", "/v1/profiles/" + enc(sel.value) + "/settings");
+      $("#ps-inactive").value = ps.inactivityTimeout || "";
+      $("#ps-tele").value = ps.telemetryRetention || "";
+      $("#ps-events").value = ps.eventRetention || "";
+    };
+    const sform = $("#settings-form");
+    if (TL.role !== "admin") for (const i of sform.querySelectorAll("input")) i.readOnly = true;
+    sform.addEventListener("submit", async e => {
+      e.preventDefault();
+      const body = {};
+      for (const [id, k] of [["#ps-inactive", "inactivityTimeout"], ["#ps-tele", "telemetryRetention"], ["#ps-events", "eventRetention"]]) {
+        if ($(id).value.trim()) body[k] = $(id).value.trim();
+      }
+      try { await api("PUT", "/v1/profiles/" + enc(sel.value) + "/settings", body); status("Settings saved"); settings(); } catch (err) { status(err.message, true); }
+    });
     const load = async () => {
       if (!sel.value) return;
+      settings().catch(e => status(e.message, true));
       const r = await api("GET", "/v1/profiles/" + enc(sel.value) + "/alarm-rules");
       fill($("#rules"), r.rules.length ? r.rules.map(x => h("tr", {}, h("td", {}, x.type), h("td", {}, sevBadge(x.severity)),
         h("td", { class: "mono" }, x.key + " " + cond(x.raise)), h("td", { class: "mono" }, x.clear ? x.key + " " + cond(x.clear) : "by hand"),
