@@ -186,6 +186,7 @@ func (s *Sim) Run(ctx context.Context) error {
 					d.mu.Lock()
 					d.bootAt = time.Now()
 					d.st.BootCount++
+					d.failedVersion = "" // a reboot tries a failed update again, as Twin's new device does
 					d.mu.Unlock()
 				}
 			}
