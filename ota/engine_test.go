@@ -14,23 +14,22 @@ import (
 	"github.com/thingline/thingline/store/sqlite"
 )
 
-// TestReconcileFromStoredTelemetry: a report the full queue dropped is
-// not lost: the next sweep reads the stored fw_state and applies it.
-func TestReconcileFromStoredTelemetry(t *testing.T) {
+// engineEnv is an engine on a real SQLite store and the in-process bus
+// (ticking once an hour: tests sweep by hand), with device sn and a package.
+func engineEnv(t *testing.T, sn string) (store.Store, *inproc.Bus, *Engine, store.Device, store.OTAPackage) {
+	t.Helper()
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "t.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
 	b := inproc.New()
-	defer b.Close()
 	e, err := Start(Config{Store: st, Bus: b, Tick: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.Close()
-	d, _, _, err := st.EnsureDevice(ctx, store.Device{Name: "SN-Q", Profile: "default"}, store.Credential{Serial: "1", SHA256: "a"}, nil)
+	t.Cleanup(func() { e.Close(); b.Close(); st.Close() })
+	d, _, _, err := st.EnsureDevice(ctx, store.Device{Name: sn, Profile: "default"}, store.Credential{Serial: "1", SHA256: "a"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,6 +37,14 @@ func TestReconcileFromStoredTelemetry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return st, b, e, d, p
+}
+
+// TestReconcileFromStoredTelemetry: a report the full queue dropped is
+// not lost: the next sweep reads the stored fw_state and applies it.
+func TestReconcileFromStoredTelemetry(t *testing.T) {
+	ctx := context.Background()
+	st, _, e, d, p := engineEnv(t, "SN-Q")
 	at := time.Now().Add(-time.Minute)
 	if _, err := st.PutOTADevice(ctx, store.OTADevice{DeviceID: d.ID, PackageID: p.ID, Source: store.OTASourceDevice,
 		State: store.OTADownloading, StateAt: at, Deadline: time.Now().Add(time.Hour)}); err != nil {
@@ -63,20 +70,7 @@ func TestReconcileFromStoredTelemetry(t *testing.T) {
 // it, current_fw_state; a notice not newer than the last is ignored.
 func TestReportFromTheBus(t *testing.T) {
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "t.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	b := inproc.New()
-	defer b.Close()
-	e, err := Start(Config{Store: st, Bus: b, Tick: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	d, _, _, _ := st.EnsureDevice(ctx, store.Device{Name: "SN-B", Profile: "default"}, store.Credential{Serial: "1", SHA256: "a"}, nil)
-	p, _ := st.CreateOTAPackage(ctx, store.OTAPackage{Title: "fw", Version: "2", Checksum: "x", ChecksumAlgorithm: "SHA256"}, []byte("image"))
+	st, b, _, d, p := engineEnv(t, "SN-B")
 	if _, err := st.PutOTADevice(ctx, store.OTADevice{DeviceID: d.ID, PackageID: p.ID, Source: store.OTASourceDevice,
 		State: store.OTAInitiated, Deadline: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
