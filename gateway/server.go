@@ -91,11 +91,13 @@ type Server struct {
 	profile *compiledProfile
 	st      store.Store
 	async   store.AsyncAppender // st, if it can complete appends itself (ackpath.go)
-	acker   *acker
-	bus     bus.Bus
-	node    string
-	log     *slog.Logger
-	now     func() time.Time
+	ackers  []*acker
+	// nextAcker spreads sessions over the ackers.
+	nextAcker atomic.Uint64
+	bus       bus.Bus
+	node      string
+	log       *slog.Logger
+	now       func() time.Time
 	// realClock: now is time.Now, so a time already read can stand in for
 	// another call on the hot path.
 	realClock bool
@@ -254,7 +256,7 @@ func New(cfg Config) (*Server, error) {
 	s.evWG.Add(1)
 	go s.reloadRevocations(s.stopReload)
 	if aa, ok := cfg.Store.(store.AsyncAppender); ok {
-		s.async, s.acker = aa, newAcker()
+		s.async, s.ackers = aa, newAckers()
 	}
 	return s, nil
 }
@@ -436,8 +438,8 @@ func (s *Server) Close() error {
 		c.SetDeadline(time.Now())
 	}
 	s.wg.Wait()
-	if s.acker != nil {
-		s.acker.stop() // every session has finished: nothing is in flight
+	for _, a := range s.ackers {
+		a.stop() // every session has finished: nothing is in flight
 	}
 	s.unsubscribe()
 	close(s.stopReload)

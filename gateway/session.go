@@ -146,10 +146,12 @@ type session struct {
 	// The asynchronous path (ackpath.go): messages stored by the store's
 	// commit path and not yet acknowledged, and those waiting for
 	// drainAcks (outBusy: it runs).
-	inAsync int
-	outq    []*work
-	outBusy bool
-	rc      syscall.RawConn // the socket, for sendRoom; nil if unknown
+	inAsync    int
+	outq       [][]*work
+	outBusy    bool
+	asyncGroup []*work         // read, not yet handed to the store; the reading goroutine's
+	ackerIdx   int             // the acker of this session's completions
+	rc         syscall.RawConn // the socket, for sendRoom; nil if unknown
 	// The flusher's store context, reused across bursts (see flushCtx).
 	// Only the one running flusher (flushing=true) touches these.
 	fctx    context.Context
@@ -180,6 +182,9 @@ func newSession(s *Server, c *tls.Conn, addr string) *session {
 	ss := &session{srv: s, conn: c, addr: addr, done: make(chan struct{}), finished: make(chan struct{}), ready: make(chan struct{})}
 	_, ss.idleWait = socketWatch(c.NetConn())
 	ss.rc = rawConnOf(c.NetConn())
+	if n := len(s.ackers); n > 0 {
+		ss.ackerIdx = int(s.nextAcker.Add(1) % uint64(n))
+	}
 	if ss.pc, _ = c.NetConn().(*pollConn); ss.pc == nil {
 		ss.idleWait = nil
 	}
@@ -621,6 +626,7 @@ func (ss *session) nextByte() (b byte, idle bool, err error) {
 		kaDeadline = now.Add(ss.keepAlive * 3 / 2)
 	}
 	if ss.idleWait == nil || (!kaDeadline.IsZero() && kaDeadline.Before(now.Add(idleAfter))) {
+		ss.submitAsync()
 		ss.setReadDeadline(kaDeadline)
 		b, err = ss.ReadByte()
 		return b, false, err
@@ -633,6 +639,9 @@ func (ss *session) nextByte() (b byte, idle bool, err error) {
 		ss.lingering = err == nil
 		return b, false, err
 	}
+	// Nothing more at hand: the telemetry read since the last wait goes to
+	// the store as one append.
+	ss.submitAsync()
 	wait := idleQuiet
 	if ss.sent {
 		wait = idleAfter
@@ -1129,14 +1138,26 @@ func (ss *session) flushCounters() {
 func (ss *session) enqueue(w *work) {
 	ss.ackMu.Lock()
 	for ss.pending >= maxPending && !ss.closing.Load() {
+		if len(ss.asyncGroup) > 0 {
+			// What is waited for must be on its way first.
+			ss.ackMu.Unlock()
+			ss.submitAsync()
+			ss.ackMu.Lock()
+			continue
+		}
 		ss.ackCond.Wait()
 	}
 	ss.pending++
 	if !ss.flushing && ss.asyncOK(w) {
 		ss.inAsync++
 		ss.ackMu.Unlock()
-		ss.appendAsync(w)
+		ss.asyncGroup = append(ss.asyncGroup, w)
 		return
+	}
+	if len(ss.asyncGroup) > 0 {
+		ss.ackMu.Unlock()
+		ss.submitAsync()
+		ss.ackMu.Lock()
 	}
 	ss.ackQ = append(ss.ackQ, w)
 	if !ss.flushing {
@@ -1335,6 +1356,7 @@ func (ss *session) finish(registered, abnormal bool) {
 	if registered && abnormal && ss.will != nil && !takenOver && !ss.closedByServer() {
 		ss.processWill()
 	}
+	ss.submitAsync()
 	ss.close(codeSuccess, "")
 	// Wait for the pipeline: a will or late telemetry is stored before
 	// the device is reported offline.
