@@ -15,7 +15,9 @@ import (
 )
 
 // compacter is the SQLite store's forced compaction.
-type compacter interface{ Compact(ctx context.Context) error }
+type compacter interface {
+	Compact(ctx context.Context) error
+}
 
 // TestSweepWipesExpiredEpochs: once an ended epoch's keeping is over, the
 // data recorded before it ended goes, and what came after stays. On SQLite
