@@ -649,12 +649,10 @@ func (ss *session) nextByte() (b byte, idle bool, err error) {
 	if ss.rdl.Before(now.Add(wait/2)) || ss.rdl.After(now.Add(wait)) {
 		ss.setReadDeadline(now.Add(wait))
 	}
-	// Parked on the socket (not inside crypto/tls, which would need a
-	// system call to find it empty first), then a plain read: a timeout
-	// here means idle, not a slow packet.
-	if err = ss.idleWait(); err == nil {
-		_, err = io.ReadFull(ss.conn, ss.hdr[:])
-	}
+	// A plain read, parked inside crypto/tls until the socket has bytes (a
+	// session waiting here keeps its stack; see idleAfter for how long): a
+	// timeout here means idle, not a slow packet.
+	_, err = io.ReadFull(ss.conn, ss.hdr[:])
 	b = ss.hdr[0]
 	// The rest of this packet is read under the same deadline too, which
 	// readFull extends if the packet is slow to arrive.
