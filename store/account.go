@@ -30,8 +30,8 @@ type User struct {
 	Disabled     bool      `json:"disabled"`
 	CreatedAt    time.Time `json:"createdAt"`
 	PasswordHash string    `json:"-"`
-	// PasswordAt is when the password was last set; session tokens issued
-	// before it are no longer valid.
+	// PasswordAt is when the password was last set (SetPassword revoked
+	// the sessions of the time in the same transaction).
 	PasswordAt time.Time `json:"passwordChangedAt"`
 }
 
