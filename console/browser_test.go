@@ -286,6 +286,7 @@ func TestConsoleLiveDevice(t *testing.T) {
 		waitJS(`document.querySelector("#n-online").textContent === "3"`),
 		waitJS(`document.querySelector("#n-rate").textContent !== "–"`),
 		waitJS(`document.querySelectorAll("#expiry-chart rect").length === 6`),
+		waitJS(`document.querySelectorAll("#rate-chart circle").length >= 4`),
 	)
 	screenshot(t, ctx, "overview")
 

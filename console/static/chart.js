@@ -20,7 +20,10 @@
     const raw = (hi - lo) / n, mag = Math.pow(10, Math.floor(Math.log10(raw)));
     const step = [1, 2, 2.5, 5, 10].map(m => m * mag).find(s => s >= raw) || 10 * mag;
     const out = [];
-    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toFixed(10));
+    // From the tick at or below the lowest value to the one at or above the
+    // highest, so that every point sits between two labelled lines.
+    const end = Math.ceil(hi / step - 1e-9) * step;
+    for (let v = Math.floor(lo / step + 1e-9) * step; v <= end + step * 1e-9; v += step) out.push(+v.toFixed(10));
     // Enough decimals to tell neighbouring ticks apart (0.25 needs two).
     const dec = Math.max(0, -Math.floor(Math.log10(step) + 1e-9) + (String(step / mag).includes(".") ? 1 : 0));
     return { ticks: out, lo: Math.min(lo, out[0]), hi: Math.max(hi, out[out.length - 1]), dec: Math.min(dec, 6) };

@@ -142,11 +142,12 @@
     const alarms = async () => {
       const [a, u] = await Promise.all([api("GET", "/v1/alarms?status=ACTIVE&limit=1000"), api("GET", "/v1/alarms?status=ACTIVE_UNACK&limit=1000")]);
       $("#n-alarms").textContent = a.alarms.length + (a.next ? "+" : "");
+      $("#card-alarms").classList.toggle("bad", a.alarms.length > 0);
       $("#n-alarms-unack").textContent = u.alarms.length + (u.next ? "+" : "") + " unacknowledged";
     };
     const ap = every(10000, alarms);
     live("types=alarms", { alarms: () => ap.now() });
-    every(5000, async () => {
+    every(2000, async () => {
       const m = await api("GET", "/metrics");
       let n = 0;
       for (const line of m.split("\n")) if (line.startsWith("thingline_gateway_messages_total")) n += parseFloat(line.split(" ").pop()) || 0;

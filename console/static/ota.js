@@ -105,14 +105,21 @@
     const load = async () => {
       const r = await api("GET", "/v1/devices/" + enc(name) + "/ota");
       const s = r.state;
-      const facts = [fact("Firmware running", s && s.currentVersion ? (s.currentTitle || "") + " " + s.currentVersion : h("span", { class: "muted" }, "see the fw_version attribute")),
+      let running = s && s.currentVersion ? (s.currentTitle || "") + " " + s.currentVersion : null;
+      if (!running && TL.role !== "operator") {
+        // Before any update the device's own report says what it runs.
+        const a = await api("GET", "/v1/devices/" + enc(name) + "/attributes?scope=client&keys=fw_title,fw_version");
+        const c = a.client || {};
+        if (c.fw_version) running = (c.fw_title ? c.fw_title.value + " " : "") + c.fw_version.value;
+      }
+      const facts = [fact("Firmware running", running || "–"),
         fact("Firmware update", s ? [badge(s.state), " ", r.target ? r.target.title + " " + r.target.version : "", s.error ? " · " + s.error : "", " · " + when(s.stateAt)] : "none assigned")];
       if (assign) {
         if (!packages) {
           packages = (await api("GET", "/v1/ota/packages")).packages || [];
           fill(assign.querySelector("select"), packages.map(p => h("option", { value: p.id }, p.title + " " + p.version)));
         }
-        facts.push(assign);
+        if (packages.length) facts.push(assign);
       }
       fill(box, facts);
     };
