@@ -50,8 +50,11 @@ type Engine struct {
 	mu       sync.Mutex
 	sessions map[*Session]struct{}
 	settings map[string]store.ProfileSettings
-	rules    map[string][]store.AlarmRule // by profile; slices never modified, replaced
 	sweepDur time.Duration
+
+	// rules by profile, replaced whole by reload and read without a lock:
+	// every message of every session looks them up.
+	rules atomic.Pointer[map[string][]store.AlarmRule]
 
 	jobs    chan func(ctx context.Context)
 	dropped atomic.Int64
@@ -130,8 +133,9 @@ func (e *Engine) reload(ctx context.Context) error {
 	for _, r := range rs {
 		rules[r.Profile] = append(rules[r.Profile], r)
 	}
+	e.rules.Store(&rules)
 	e.mu.Lock()
-	e.settings, e.rules = settings, rules
+	e.settings = settings
 	e.sweepDur = min(max(shortest/4, e.cfg.Tick), 10*time.Second)
 	e.mu.Unlock()
 	return nil
@@ -227,9 +231,10 @@ func (e *Engine) watches() []*Session {
 }
 
 func (e *Engine) rulesOf(profile string) []store.AlarmRule {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.rules[profile]
+	if m := e.rules.Load(); m != nil {
+		return (*m)[profile]
+	}
+	return nil
 }
 
 // tick re-evaluates the rules of every local session with the values it
