@@ -236,3 +236,14 @@ func (s *Server) withView(r *http.Request, rt route) (*http.Request, error) {
 	}
 	return r.WithContext(context.WithValue(r.Context(), viewKey{}, v)), nil
 }
+
+// ownerView removes from a device record, for an owner, what belongs to
+// the device's past rather than to their ownership: the address of its
+// first connection (maybe a previous owner's home) and the counters
+// accumulated since it was made. Staff see the whole record.
+func ownerView(p Principal, d *store.Device) {
+	if p.Role.Staff() {
+		return
+	}
+	d.FirstSeenAddr, d.Counters = "", nil
+}

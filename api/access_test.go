@@ -343,3 +343,28 @@ func TestOperatorStreamHasNoData(t *testing.T) {
 		t.Errorf("owner's stream lacks telemetry:\n%s", out)
 	}
 }
+
+// TestOwnerViewOfRecord: an owner's view of the device record leaves out
+// its past (first address, counters); staff see them.
+func TestOwnerViewOfRecord(t *testing.T) {
+	f := newAccessFixture(t)
+	ctx := context.Background()
+	d, _ := f.st.GetDevice(ctx, f.device)
+	if err := f.st.SetOnline(ctx, d.ID, "n", true, "198.51.100.7:4000", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.st.AddCounter(ctx, d.ID, "rejected", 3); err != nil {
+		t.Fatal(err)
+	}
+	_, owner := f.req(t, "GET", "/api/v1/devices/"+f.device, f.tokens[callerOwner], "")
+	_, list := f.req(t, "GET", "/api/v1/devices", f.tokens[callerOwner], "")
+	_, staff := f.req(t, "GET", "/api/v1/devices/"+f.device, f.tokens[callerOperator], "")
+	for _, b := range []string{owner, list} {
+		if strings.Contains(b, "firstSeenAddr") || strings.Contains(b, "counters") {
+			t.Errorf("owner's view shows the device's past: %s", b)
+		}
+	}
+	if !strings.Contains(staff, "counters") {
+		t.Errorf("staff's view lacks the counters: %s", staff)
+	}
+}

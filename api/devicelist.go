@@ -72,6 +72,9 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
 	if resp.Devices == nil {
 		resp.Devices = []store.Device{}
 	}
+	for i := range resp.Devices {
+		ownerView(principal(r), &resp.Devices[i])
+	}
 	if len(ds) == int(limit) {
 		last := ds[len(ds)-1]
 		resp.Next = last.Name

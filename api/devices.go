@@ -61,6 +61,7 @@ func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	ownerView(principal(r), &d)
 	writeJSON(w, http.StatusOK, d)
 	return nil
 }
