@@ -114,7 +114,7 @@ interval. SIGUSR1 is the reset button: a factory reset.`,
 	f := c.Flags()
 	f.StringVar(&cfg.SPIFFS, "spiffs", "", "SPIFFS image the twin boots from (the factory's spiffs.bin)")
 	f.StringVar(&cfg.StateDir, "state", "", "directory of the persisted state (the twin's NVS)")
-	f.StringVar(&cfg.Broker, "broker", "", "cloud address, mqtts://HOST:PORT")
+	f.StringVar(&cfg.Broker, "broker", "", "cloud address, mqtts://HOST:PORT; several, comma-separated, are tried in turn when one cannot be reached")
 	f.StringVar(&cfg.ServerName, "server-name", "", "name the server certificate must carry (default: the broker's host)")
 	f.StringVar(&cfg.Prov, "prov", twin.ProvSoftAP, "provisioning transport: softap, ble or none")
 	f.StringVar(&cfg.ProvListen, "prov-listen", "127.0.0.1:0", "softap: HTTP address of the provisioning service")

@@ -63,7 +63,7 @@ are opened at most --ramp per second. A summary line is printed every
 	f := c.Flags()
 	f.StringVar(&cfg.Units, "units", "", "the factory's output directory (one directory per unit)")
 	f.IntVar(&cfg.Count, "count", 1, "number of twins: the first N units by name")
-	f.StringVar(&cfg.Broker, "broker", "", "cloud address, mqtts://HOST:PORT")
+	f.StringVar(&cfg.Broker, "broker", "", "cloud address, mqtts://HOST:PORT; several, comma-separated, are tried in turn when one cannot be reached")
 	f.StringVar(&cfg.ServerName, "server-name", "", "name the server certificate must carry (default: the broker's host)")
 	f.DurationVar(&cfg.Interval, "interval", time.Second, "telemetry period of each twin")
 	f.Float64Var(&cfg.Ramp, "ramp", 200, "connection attempts per second across the fleet")

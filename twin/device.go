@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -91,9 +92,28 @@ func ParseBroker(s string) (Broker, error) {
 	return b, nil
 }
 
+// ParseBrokers reads a comma-separated list of ParseBroker addresses: a
+// twin connects to one and, when it cannot reach it, tries the next, as a
+// device given several cloud nodes does. serverName, when not empty,
+// overrides every broker's expected server name.
+func ParseBrokers(s, serverName string) ([]Broker, error) {
+	var bs []Broker
+	for _, part := range strings.Split(s, ",") {
+		b, err := ParseBroker(strings.TrimSpace(part))
+		if err != nil {
+			return nil, err
+		}
+		if serverName != "" {
+			b.ServerName = serverName
+		}
+		bs = append(bs, b)
+	}
+	return bs, nil
+}
+
 // cloudConfig is shared by all the twins of a process.
 type cloudConfig struct {
-	broker      Broker
+	brokers     []Broker // tried in turn from each twin's own starting point
 	keepalive   time.Duration
 	timeout     time.Duration // dial, TLS and CONNECT
 	backoffMin  time.Duration
@@ -133,6 +153,10 @@ type device struct {
 	saveIdentity func(certPEM, keyPEM []byte) error
 	rotated      atomic.Bool
 
+	// broker is the index in cc.brokers of the broker to try next; only the
+	// device's cloud goroutine touches it.
+	broker int
+
 	mu         sync.Mutex  // guards the fields below
 	certAnswer chan []byte // a rotation waiting for cert/response
 	st         State
@@ -154,10 +178,14 @@ type device struct {
 
 func newDevice(id *Identity, cc *cloudConfig, st State, persist func(State) error) *device {
 	d := &device{id: id, cc: cc, persist: persist, st: st, dht: newDHT11(id.SN), bootAt: time.Now()}
+	// Each twin starts at a broker of its own, so a fleet given several
+	// spreads over them.
+	h := fnv.New32a()
+	h.Write([]byte(id.SN))
+	d.broker = int(h.Sum32() % uint32(len(cc.brokers)))
 	d.tlsConf = &tls.Config{
 		Certificates: []tls.Certificate{id.Cert},
 		RootCAs:      id.Roots,
-		ServerName:   cc.broker.ServerName,
 		MinVersion:   tls.VersionTLS12,
 		// The firmware's mbedTLS offers classic curves only; skipping Go's
 		// default hybrid ML-KEM share also saves a kilobyte-sized key per
@@ -297,20 +325,36 @@ func backoff(n int, min, max time.Duration) time.Duration {
 	return half + rand.N(half+1)
 }
 
+// connect opens a session with the current broker; when that fails, the
+// next attempt goes to the next broker of the list.
 func (d *device) connect(ctx context.Context) (*mqttConn, error) {
+	b := d.cc.brokers[d.broker%len(d.cc.brokers)]
+	c, err := d.connectTo(ctx, b)
+	if err != nil {
+		d.broker = (d.broker + 1) % len(d.cc.brokers)
+	}
+	return c, err
+}
+
+func (d *device) connectTo(ctx context.Context, b Broker) (*mqttConn, error) {
 	dctx, cancel := context.WithTimeout(ctx, d.cc.timeout)
 	defer cancel()
 	var nd net.Dialer
-	raw, err := nd.DialContext(dctx, "tcp", d.cc.broker.Addr)
+	raw, err := nd.DialContext(dctx, "tcp", b.Addr)
 	if err != nil {
-		return nil, fmt.Errorf("dialing %s: %w", d.cc.broker.Addr, err)
+		return nil, fmt.Errorf("dialing %s: %w", b.Addr, err)
 	}
 	conn := raw
-	if d.cc.broker.TLS {
-		tc := tls.Client(raw, d.tlsConf)
+	if b.TLS {
+		conf := d.tlsConf
+		if conf.ServerName != b.ServerName {
+			conf = conf.Clone()
+			conf.ServerName = b.ServerName
+		}
+		tc := tls.Client(raw, conf)
 		if err := tc.HandshakeContext(dctx); err != nil {
 			raw.Close()
-			return nil, fmt.Errorf("tls handshake with %s: %w", d.cc.broker.Addr, err)
+			return nil, fmt.Errorf("tls handshake with %s: %w", b.Addr, err)
 		}
 		conn = tc
 	}
@@ -372,7 +416,7 @@ func (d *device) session(ctx context.Context, c *mqttConn) error {
 	d.mu.Unlock()
 	d.cc.stats.Connects.Add(1)
 	d.cc.stats.Connected.Add(1)
-	d.cc.logf("%s: connected to %s", d.id.SN, d.cc.broker.Addr)
+	d.cc.logf("%s: connected to %s", d.id.SN, c.conn.RemoteAddr())
 	defer func() {
 		d.mu.Lock()
 		d.conn = nil

@@ -93,12 +93,9 @@ func NewSim(cfg SimConfig) (*Sim, error) {
 	if cfg.Count <= 0 {
 		return nil, errors.New("twin: sim needs a positive count")
 	}
-	b, err := ParseBroker(cfg.Broker)
+	bs, err := ParseBrokers(cfg.Broker, cfg.ServerName)
 	if err != nil {
 		return nil, err
-	}
-	if cfg.ServerName != "" {
-		b.ServerName = cfg.ServerName
 	}
 	if cfg.Ramp <= 0 {
 		cfg.Ramp = 200
@@ -120,7 +117,7 @@ func NewSim(cfg SimConfig) (*Sim, error) {
 	dirs = dirs[:cfg.Count]
 	s := &Sim{cfg: cfg, stats: new(Stats)}
 	s.cc = &cloudConfig{
-		broker: b, keepalive: tc.Keepalive, timeout: tc.Timeout, backoffMin: tc.BackoffMin,
+		brokers: bs, keepalive: tc.Keepalive, timeout: tc.Timeout, backoffMin: tc.BackoffMin,
 		backoffMax: tc.BackoffMax, attrEvery: tc.AttrEvery, interval: tc.Interval,
 		fwVersion: tc.FirmwareVersion, stats: s.stats, logf: tc.Logf, sched: newScheduler(),
 		ramp: newPacer(cfg.Ramp).wait, otaChunk: tc.OTAChunkSize, otaChunkTimeout: tc.OTAChunkTimeout,

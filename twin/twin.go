@@ -148,16 +148,13 @@ func New(cfg Config) (*Twin, error) {
 	if cfg.StateDir == "" {
 		return nil, errors.New("twin: no state directory")
 	}
-	b, err := ParseBroker(cfg.Broker)
+	bs, err := ParseBrokers(cfg.Broker, cfg.ServerName)
 	if err != nil {
 		return nil, err
 	}
-	if cfg.ServerName != "" {
-		b.ServerName = cfg.ServerName
-	}
 	t := &Twin{cfg: cfg, stats: cfg.Stats}
 	t.cc = &cloudConfig{
-		broker: b, keepalive: cfg.Keepalive, timeout: cfg.Timeout,
+		brokers: bs, keepalive: cfg.Keepalive, timeout: cfg.Timeout,
 		backoffMin: cfg.BackoffMin, backoffMax: cfg.BackoffMax, attrEvery: cfg.AttrEvery,
 		interval: cfg.Interval, fwVersion: cfg.FirmwareVersion, stats: cfg.Stats, logf: cfg.Logf,
 		claimSecret: cfg.ClaimSecret, claimWindow: cfg.ClaimWindow,
