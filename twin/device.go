@@ -180,9 +180,11 @@ func newDevice(id *Identity, cc *cloudConfig, st State, persist func(State) erro
 	d := &device{id: id, cc: cc, persist: persist, st: st, dht: newDHT11(id.SN), bootAt: time.Now()}
 	// Each twin starts at a broker of its own, so a fleet given several
 	// spreads over them.
-	h := fnv.New32a()
-	h.Write([]byte(id.SN))
-	d.broker = int(h.Sum32() % uint32(len(cc.brokers)))
+	if len(cc.brokers) > 0 {
+		h := fnv.New32a()
+		h.Write([]byte(id.SN))
+		d.broker = int(h.Sum32() % uint32(len(cc.brokers)))
+	}
 	d.tlsConf = &tls.Config{
 		Certificates: []tls.Certificate{id.Cert},
 		RootCAs:      id.Roots,
@@ -328,6 +330,9 @@ func backoff(n int, min, max time.Duration) time.Duration {
 // connect opens a session with the current broker; when that fails, the
 // next attempt goes to the next broker of the list.
 func (d *device) connect(ctx context.Context) (*mqttConn, error) {
+	if len(d.cc.brokers) == 0 {
+		return nil, errors.New("no broker configured")
+	}
 	b := d.cc.brokers[d.broker%len(d.cc.brokers)]
 	c, err := d.connectTo(ctx, b)
 	if err != nil {
