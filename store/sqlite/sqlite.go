@@ -34,10 +34,13 @@ type Options struct {
 	// transaction. Default 4096.
 	MaxBatch int
 	// CompactRecords starts a compaction once the uncompacted tail holds
-	// this many records. Default 100,000.
+	// this many records. Default 300,000 (about 30 MB of memory).
 	CompactRecords int
 	// CompactInterval starts a compaction when the tail is this old.
-	// Default 10s.
+	// Default 30s. A compaction costs a few statements per device whatever
+	// its record count: with ten thousand devices each sending a reading a
+	// second, compacting every 10 s cost 10–16 µs of CPU per message, every
+	// 30 s a third of that.
 	CompactInterval time.Duration
 	// FullSync makes SQLite fsync the WAL inside every COMMIT
 	// (synchronous=FULL) instead of the store syncing it on the side while
@@ -57,10 +60,10 @@ func (o *Options) defaults() {
 		o.MaxBatch = 4096
 	}
 	if o.CompactRecords <= 0 {
-		o.CompactRecords = 100_000
+		o.CompactRecords = 300_000
 	}
 	if o.CompactInterval <= 0 {
-		o.CompactInterval = 10 * time.Second
+		o.CompactInterval = 30 * time.Second
 	}
 	if o.CommitGap == 0 {
 		o.CommitGap = 2 * time.Millisecond
