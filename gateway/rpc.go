@@ -190,6 +190,7 @@ func (ss *session) answerClientRPC(topic string, req rpcRequest) {
 // exists (newNode may be another node). It records the takeover when the
 // new address is known (the local case records it in connect).
 func (ss *session) takeover(newAddr, newNode string) {
+	ending := ss.over()
 	ss.mu.Lock()
 	already := ss.takenOver
 	ss.takenOver = true
@@ -198,7 +199,9 @@ func (ss *session) takeover(newAddr, newNode string) {
 		return
 	}
 	ss.close(codeSessionTakenOver, "session taken over")
-	ss.srv.recordTakeover(ss.dev.Name, ss.addr, newAddr, newNode)
+	if !ending {
+		ss.srv.recordTakeover(ss.dev.Name, ss.addr, newAddr, newNode)
+	}
 }
 
 // onSessionNotice closes a local session that another node took over.

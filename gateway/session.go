@@ -172,6 +172,7 @@ type session struct {
 	sent bool
 
 	closing   atomic.Bool
+	ended     atomic.Bool // the reader stopped: the device's connection is over
 	closeOnce sync.Once
 	done      chan struct{} // closed when the session has ended
 	finished  chan struct{} // closed when finish is complete (device marked offline)
@@ -455,6 +456,14 @@ func (ss *session) close(code byte, reason string) {
 		ss.ackMu.Unlock()
 	})
 }
+
+// over reports whether the session was ending before a newer one came:
+// the server closed it (its device deleted or revoked, an operator's
+// disconnect) or the device's connection is gone (DISCONNECT, EOF). Such a
+// replacement is not recorded as a takeover nor counted towards a cloned
+// identity or the takeover limit: the device came back, which says nothing
+// about a second holder of its identity.
+func (ss *session) over() bool { return ss.closing.Load() || ss.ended.Load() }
 
 // closeByServer ends the session on purpose (not the device's fault).
 func (ss *session) closeByServer(code byte, reason string) {
@@ -778,7 +787,7 @@ func (ss *session) connect(pk *packets.Packet) (bool, error) {
 		return false, errors.New("gateway: server closed")
 	}
 	old := s.sessions[ss.dev.Name]
-	if old != nil && !old.closing.Load() && s.overLimit("takeover|"+ss.dev.Name, s.cfg.TakeoversPerMinute) {
+	if old != nil && !old.over() && s.overLimit("takeover|"+ss.dev.Name, s.cfg.TakeoversPerMinute) {
 		// Two holders of one identity (a clone, or a device in a reconnect
 		// loop) would otherwise take the session from each other for ever,
 		// each time with an event: the session in place stays.
@@ -793,11 +802,16 @@ func (ss *session) connect(pk *packets.Packet) (bool, error) {
 	s.mu.Unlock()
 	s.met.sessions.Inc()
 	if old != nil {
+		// The old session's end is not reported as the device going
+		// offline either way; only a live one counts as taken over.
+		ending := old.over()
 		old.mu.Lock()
 		old.takenOver = true
 		old.mu.Unlock()
 		old.close(codeSessionTakenOver, "session taken over")
-		s.recordTakeover(ss.dev.Name, old.addr, ss.addr, s.node)
+		if !ending {
+			s.recordTakeover(ss.dev.Name, old.addr, ss.addr, s.node)
+		}
 	}
 
 	var props *packets.Properties
@@ -1348,6 +1362,7 @@ func appendJSONString(b []byte, s string) []byte {
 func (ss *session) finish(registered, abnormal bool) {
 	s := ss.srv
 	defer close(ss.finished)
+	ss.ended.Store(true)
 	ss.mu.Lock()
 	takenOver := ss.takenOver
 	ss.mu.Unlock()

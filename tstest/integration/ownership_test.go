@@ -512,6 +512,17 @@ func TestOwnershipLifecycle(t *testing.T) {
 		if _, pts := e.telemetry("admin", sn); len(pts) > 0 && pts[0].TS < claimedAt-1000 {
 			t.Errorf("the recreated record holds old telemetry (first point %d, claim at %d)", pts[0].TS, claimedAt)
 		}
+		// Three resets and a deletion, each followed by a reconnection
+		// within seconds, replaced sessions that were already over: none
+		// was taken over, so no cloned identity is suspected.
+		var cloned struct {
+			Events []struct {
+				Detail json.RawMessage `json:"detail"`
+			} `json:"events"`
+		}
+		if code := e.call("admin", "GET", "/api/v1/events?device="+sn+"&kind=possible-cloned-identity", "", &cloned); code != 200 || len(cloned.Events) > 0 {
+			t.Errorf("cloned-identity events after resets and a deletion: %d %+v", code, cloned.Events)
+		}
 
 		// Release.
 		if code := e.call(owner, "POST", "/api/v1/devices/"+sn+"/release", "", nil); code != 200 {
