@@ -48,8 +48,31 @@ CREATE TABLE leases (
 	})
 }
 
+// activityChunk bounds the devices of one write of RecordActivity. On
+// SQLite every write runs on the one writer goroutine, between the group
+// commits of telemetry: ten thousand devices' activity in one write (two
+// statements each) held every acknowledgement for seconds at the fleet's
+// shape (docs/benchmarks.md). A device's row is its own business, so the
+// writes need not be one transaction.
+const activityChunk = 64
+
 // RecordActivity implements store.DeviceStates.
 func (t *Tables) RecordActivity(ctx context.Context, acts []store.Activity) ([]int64, error) {
+	var woke []int64
+	for len(acts) > 0 {
+		n := min(len(acts), activityChunk)
+		w, err := t.recordActivity(ctx, acts[:n])
+		if err != nil {
+			return woke, err
+		}
+		woke = append(woke, w...)
+		acts = acts[n:]
+	}
+	return woke, nil
+}
+
+// recordActivity writes acts in one transaction.
+func (t *Tables) recordActivity(ctx context.Context, acts []store.Activity) ([]int64, error) {
 	var woke []int64
 	lock := ""
 	if t.db.dialect == Postgres {
