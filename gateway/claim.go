@@ -89,15 +89,18 @@ func (ss *session) recordClaim(ctx context.Context, r claimRequest) {
 	h := sha256.Sum256([]byte(r.SecretKey))
 	cur, err := s.st.CurrentOwner(ctx, ss.dev.ID, ss.dev.Name)
 	switch {
+	case err == nil && !r.Reset && (r.user == 0 || r.user == cur.UserID) && subtle.ConstantTimeCompare(cur.SecretHash, h[:]) == 1:
+		// A device repeating the claim or association that made its
+		// owner (it missed the answer, say, offline or across a
+		// reconnection) hears SUCCESS again. Nothing is recorded: a
+		// pending request of the owner's would outlive its purpose and,
+		// after a reset within its window, stand in the way of the next
+		// user's association (their claim would meet it and fail).
+		ss.claimResult(json.RawMessage(`{"result":"SUCCESS"}`))
+		return
 	case err == nil && !r.Reset && cur.UserID != r.user:
 		// Owned, no reset, and not the owner's own association: as in
-		// ThingsBoard, nothing to record — but the device is told. A
-		// device repeating the claim that made its owner (it missed the
-		// answer, say, across a reconnection) hears SUCCESS again.
-		if r.user == 0 && subtle.ConstantTimeCompare(cur.SecretHash, h[:]) == 1 {
-			ss.claimResult(json.RawMessage(`{"result":"SUCCESS"}`))
-			return
-		}
+		// ThingsBoard, nothing to record — but the device is told.
 		ss.claimResult(json.RawMessage(`{"result":"CLAIMED"}`))
 		return
 	case err != nil && !errors.Is(err, store.ErrNotFound):

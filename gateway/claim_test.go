@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,6 +68,24 @@ func TestClaimRequest(t *testing.T) {
 		c.pub(t, "v1/devices/me/claim", tc.payload)
 		if m := c.rx.wait(t, claimResponseTopic); m.payload != tc.want {
 			t.Errorf("%s: answer %s, want %s", tc.payload, m.payload, tc.want)
+		}
+	}
+	// The owner's association repeated with the secret that made the
+	// owner (the device missed SUCCESS): SUCCESS again, nothing left
+	// pending. With another secret it is a new request of the owner's.
+	for _, tc := range []struct {
+		secret, want string
+		pending      bool
+	}{{"abc", `"result":"SUCCESS"`, false}, {"new", `"result":"PENDING"`, true}} {
+		c.rx.mu.Lock()
+		c.rx.msgs = nil
+		c.rx.mu.Unlock()
+		c.pub(t, "v1/devices/me/claim", fmt.Sprintf(`{"userId":"%d","secretKey":%q}`, u.ID, tc.secret))
+		if m := c.rx.wait(t, claimResponseTopic); !strings.Contains(m.payload, tc.want) {
+			t.Errorf("owner's association with %q: answer %s, want %s", tc.secret, m.payload, tc.want)
+		}
+		if _, err := e.st.GetClaimRequest(ctx, dev.ID, time.Now()); (err == nil) != tc.pending {
+			t.Errorf("owner's association with %q: pending request %v, want %v (%v)", tc.secret, err == nil, tc.pending, err)
 		}
 	}
 	// A reset device's association, with its user.
