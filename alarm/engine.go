@@ -34,6 +34,8 @@ type Config struct {
 	// Reload is how often rules and profile settings are re-read (they
 	// may change through any node's API); 0 means 5 s.
 	Reload time.Duration
+	// Queue bounds the side effects waiting for the worker; 0 means 8,192.
+	Queue int
 }
 
 // Engine is one node's half of device state and alarms: it follows the
@@ -55,6 +57,14 @@ type Engine struct {
 	// rules by profile, replaced whole by reload and read without a lock:
 	// every message of every session looks them up.
 	rules atomic.Pointer[map[string][]store.AlarmRule]
+
+	// Connects waiting to be written, in one batch: a reconnect storm of
+	// thousands of sessions costs one store call, not a queued job each
+	// (which filled the queue and dropped other side effects). connMu is a
+	// leaf lock; connQueued is set while a flush job is queued.
+	connMu     sync.Mutex
+	connects   []store.Activity
+	connQueued atomic.Bool
 
 	jobs    chan func(ctx context.Context)
 	dropped atomic.Int64
@@ -82,10 +92,13 @@ func Start(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.Reload <= 0 {
 		cfg.Reload = 5 * time.Second
 	}
+	if cfg.Queue <= 0 {
+		cfg.Queue = 8192
+	}
 	e := &Engine{
 		cfg: cfg, svc: NewService(cfg.Store, cfg.Bus, cfg.Logger), log: cfg.Logger,
 		sessions: map[*Session]struct{}{},
-		jobs:     make(chan func(ctx context.Context), 8192),
+		jobs:     make(chan func(ctx context.Context), cfg.Queue),
 		stop:     make(chan struct{}),
 	}
 	if err := e.reload(ctx); err != nil {
@@ -151,13 +164,40 @@ func (e *Engine) inactivityTimeout(profile string) time.Duration {
 
 // do queues a side effect; a full queue drops it (counted and logged), so
 // that a slow store never holds a session.
-func (e *Engine) do(fn func(ctx context.Context)) {
+func (e *Engine) do(fn func(ctx context.Context)) { e.tryDo(fn) }
+
+func (e *Engine) tryDo(fn func(ctx context.Context)) bool {
 	select {
 	case e.jobs <- fn:
+		return true
 	default:
 		if e.dropped.Add(1)%1000 == 1 {
 			e.log.Warn("alarm: side-effect queue full, dropping", "dropped", e.dropped.Load())
 		}
+		return false
+	}
+}
+
+// queueConnects makes sure one job will write the pending connects. A
+// dropped job is retried by the next tick.
+func (e *Engine) queueConnects() {
+	e.connMu.Lock()
+	pending := len(e.connects) > 0
+	e.connMu.Unlock()
+	if pending && e.connQueued.CompareAndSwap(false, true) && !e.tryDo(e.flushConnects) {
+		e.connQueued.Store(false)
+	}
+}
+
+// flushConnects writes every connect recorded since the last flush.
+func (e *Engine) flushConnects(ctx context.Context) {
+	e.connQueued.Store(false)
+	e.connMu.Lock()
+	acts := e.connects
+	e.connects = nil
+	e.connMu.Unlock()
+	if len(acts) > 0 {
+		e.recordActivity(ctx, acts)
 	}
 }
 
@@ -195,9 +235,11 @@ func (e *Engine) run() {
 	for {
 		select {
 		case <-e.stop:
+			e.queueConnects()
 			e.flushActivity(true)
 			return
 		case now := <-t.C:
+			e.queueConnects()
 			e.tick(now)
 			e.mu.Lock()
 			sweepDur := e.sweepDur
@@ -370,9 +412,10 @@ func (e *Engine) SessionStarted(dev store.Device, at time.Time) *Session {
 	e.mu.Lock()
 	e.sessions[w] = struct{}{}
 	e.mu.Unlock()
-	e.do(func(ctx context.Context) {
-		e.recordActivity(ctx, []store.Activity{{DeviceID: dev.ID, At: at, Connect: true}})
-	})
+	e.connMu.Lock()
+	e.connects = append(e.connects, store.Activity{DeviceID: dev.ID, At: at, Connect: true})
+	e.connMu.Unlock()
+	e.queueConnects()
 	return w
 }
 
