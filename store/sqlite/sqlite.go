@@ -51,7 +51,8 @@ type Options struct {
 	// long after the previous one (unless its batch is already large), so
 	// that the messages of many devices share a commit and an fsync instead
 	// of a few each. A commit after a quiet spell does not wait. Default
-	// 2 ms; negative: no gap.
+	// 1 ms (2 ms measured a little less CPU and a millisecond more latency
+	// at every percentile); negative: no gap.
 	CommitGap time.Duration
 }
 
@@ -66,7 +67,7 @@ func (o *Options) defaults() {
 		o.CompactInterval = 30 * time.Second
 	}
 	if o.CommitGap == 0 {
-		o.CommitGap = 2 * time.Millisecond
+		o.CommitGap = time.Millisecond
 	}
 }
 
