@@ -506,10 +506,28 @@ const eventWriters = 32
 
 func (s *Server) writeEvents() {
 	defer s.evWG.Done()
+	// Whatever is queued is written in one transaction: one at a time, a
+	// reconnect storm's connect and disconnect events took a commit each
+	// and kept a stopping node waiting for tens of seconds.
+	const maxBatch = 1024
+	batch := make([]store.Event, 0, maxBatch)
 	for e := range s.events {
+		batch = append(batch[:0], e)
+	more:
+		for len(batch) < maxBatch {
+			select {
+			case e, ok := <-s.events:
+				if !ok {
+					break more
+				}
+				batch = append(batch, e)
+			default:
+				break more
+			}
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := s.st.AddEvent(ctx, e); err != nil {
-			s.log.Warn("gateway: writing event", "kind", e.Kind, "device", e.Device, "err", err)
+		if err := s.st.AddEvents(ctx, batch); err != nil {
+			s.log.Warn("gateway: writing events", "events", len(batch), "kind", batch[0].Kind, "device", batch[0].Device, "err", err)
 		}
 		cancel()
 	}

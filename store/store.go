@@ -330,6 +330,9 @@ type EventQuery struct {
 // Events stores the audit trail.
 type Events interface {
 	AddEvent(ctx context.Context, e Event) error
+	// AddEvents records events in one transaction, in order (their IDs
+	// ascend as the slice does): all of them or, on error, none.
+	AddEvents(ctx context.Context, es []Event) error
 	ListEvents(ctx context.Context, q EventQuery) ([]Event, error)
 }
 

@@ -444,6 +444,28 @@ func (s *Store) AddEvent(ctx context.Context, e store.Event) error {
 	return nil
 }
 
+func (s *Store) AddEvents(ctx context.Context, es []store.Event) error {
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		for _, e := range es {
+			detail, err := eventDetail(e)
+			if err != nil {
+				return err
+			}
+			b.Queue("INSERT INTO events(time, device, kind, reason, addr, node, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+				toNS(orNow(e.Time)), e.Device, e.Kind, e.Reason, e.Addr, e.Node, detail)
+		}
+		return tx.SendBatch(ctx, b).Close()
+	})
+	if err != nil {
+		return fmt.Errorf("postgres: adding events: %w", err)
+	}
+	return nil
+}
+
 // eventDetail checks an event's detail and gives it in the form stored.
 func eventDetail(e store.Event) (*string, error) {
 	if len(e.Detail) == 0 {

@@ -449,6 +449,29 @@ func (s *Store) AddEvent(ctx context.Context, e store.Event) error {
 	return nil
 }
 
+func (s *Store) AddEvents(ctx context.Context, es []store.Event) error {
+	details := make([]any, len(es))
+	for i, e := range es {
+		d, err := eventDetail(e)
+		if err != nil {
+			return fmt.Errorf("sqlite: adding events: %w", err)
+		}
+		details[i] = d
+	}
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		for i, e := range es {
+			if err := insertEvent(ctx, tx, e, details[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("sqlite: adding events: %w", err)
+	}
+	return nil
+}
+
 // eventDetail checks an event's detail and gives it in the form stored.
 func eventDetail(e store.Event) (any, error) {
 	if len(e.Detail) == 0 {

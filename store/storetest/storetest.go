@@ -430,6 +430,34 @@ func testEvents(t *testing.T, s store.Store) {
 	if err != nil || len(d0) != 10 {
 		t.Errorf("d0 connects = %d, %v; want 10", len(d0), err)
 	}
+	// A batch lands whole and in order, or not at all.
+	batch := []store.Event{
+		{Time: base.Add(30 * time.Second), Device: "d0", Kind: store.EventConnect, Node: "n1", Addr: "192.0.2.1:1"},
+		{Time: base.Add(31 * time.Second), Device: "d1", Kind: store.EventRefused, Node: "n1", Addr: "192.0.2.1:1", Detail: raw(`{"n":1}`)},
+		{Time: base.Add(32 * time.Second), Device: "d2", Kind: store.EventDisconnect, Node: "n1", Addr: "192.0.2.1:1"},
+	}
+	if err := s.AddEvents(ctx, append(slices.Clone(batch), store.Event{Device: "dx", Kind: "x", Detail: raw(`{bad`)})); err == nil {
+		t.Fatal("AddEvents with an invalid detail succeeded")
+	}
+	if err := s.AddEvents(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.ListEvents(ctx, store.EventQuery{Limit: 3})
+	if err != nil || len(got) != 3 {
+		t.Fatalf("ListEvents after AddEvents = %d, %v", len(got), err)
+	}
+	for i, e := range got {
+		if want := batch[2-i]; e.Device != want.Device || e.Kind != want.Kind || !e.Time.Equal(want.Time) {
+			t.Fatalf("batch event %d = %+v, want %+v", i, e, want)
+		}
+	}
+	if err := s.AddEvents(ctx, nil); err != nil {
+		t.Fatalf("AddEvents(nil): %v", err)
+	}
+	// The failed batch left nothing before the good one.
+	if before, err := s.ListEvents(ctx, store.EventQuery{Before: got[2].ID, Limit: 1000}); err != nil || len(before) != 30 {
+		t.Fatalf("events before the batch = %d, %v; want 30", len(before), err)
+	}
 }
 
 func testRevocations(t *testing.T, s store.Store) {
