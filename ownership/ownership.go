@@ -131,13 +131,31 @@ func wipe(ctx context.Context, st store.Store, e store.Epoch) error {
 			}
 		}
 	}
-	for {
-		_, more, err := st.DeleteEventsBefore(ctx, store.EventPurge{Before: e.Until, Device: e.DeviceName, Limit: 1000})
-		if err != nil {
+	if err := drain(func() (int64, bool, error) {
+		return st.DeleteEventsBefore(ctx, store.EventPurge{Before: e.Until, Device: e.DeviceName, Limit: 1000})
+	}); err != nil {
+		return err
+	}
+	// Alarms and RPC calls begun before the epoch's end, active or not:
+	// they were the old owner's; OTA history too (the current target,
+	// which drives the device, stays).
+	q := store.HistoryPurge{DeviceID: e.DeviceID, Before: e.Until, Limit: 1000}
+	for _, del := range []func(context.Context, store.HistoryPurge) (int64, bool, error){
+		st.DeleteAlarmsBefore, st.DeleteRPCsBefore, st.DeleteOTAHistoryBefore,
+	} {
+		if err := drain(func() (int64, bool, error) { return del(ctx, q) }); err != nil {
 			return err
 		}
-		if !more {
-			return nil
+	}
+	return nil
+}
+
+// drain repeats a bounded deletion until nothing remains.
+func drain(step func() (int64, bool, error)) error {
+	for {
+		_, more, err := step()
+		if err != nil || !more {
+			return err
 		}
 	}
 }

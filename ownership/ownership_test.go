@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -79,6 +80,22 @@ func testSweep(t *testing.T, st store.Store) {
 	if err := st.SetAttributes(ctx, dev.ID, store.SharedScope, map[string]json.RawMessage{"new": json.RawMessage("2")}, releaseAt.Add(day)); err != nil {
 		t.Fatal(err)
 	}
+	// Alarms, RPC calls and OTA history from within the epoch and after it.
+	p, err := st.CreateOTAPackage(ctx, store.OTAPackage{Title: "fw", Version: "1"}, []byte("fw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, at := range []time.Time{claimAt.Add(day), releaseAt.Add(day)} {
+		if _, _, err := st.RaiseAlarm(ctx, store.AlarmRaise{DeviceID: dev.ID, Device: dev.Name, Type: fmt.Sprint("t", i), Severity: store.SeverityMinor, Time: at}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.CreateRPC(ctx, store.RPC{DeviceID: dev.ID, Device: dev.Name, Method: "m", Params: json.RawMessage("{}"), TimeoutMs: 1000, CreatedAt: at, ExpiresAt: at.Add(day)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.PutOTADevice(ctx, store.OTADevice{DeviceID: dev.ID, PackageID: p.ID, Source: store.OTASourceDevice, State: store.OTAQueued, StateAt: at}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if _, err := st.Release(ctx, dev.ID, u.ID, u.ID, store.OwnershipPolicy{OnReset: store.PolicyTransfer, KeepDays: 3}, releaseAt); err != nil {
 		t.Fatal(err)
 	}
@@ -99,6 +116,18 @@ func testSweep(t *testing.T, st store.Store) {
 	attrs, _ := st.GetAttributes(ctx, dev.ID, store.SharedScope, nil)
 	if _, ok := attrs["old"]; ok || len(attrs) != 1 {
 		t.Errorf("attributes after the wipe: %v", attrs)
+	}
+	as, err := st.ListAlarms(ctx, store.AlarmQuery{DeviceID: dev.ID})
+	if err != nil || len(as) != 1 || !as[0].StartTime.Equal(releaseAt.Add(day)) {
+		t.Errorf("alarms after the wipe: %+v %v, want only the one raised after the release", as, err)
+	}
+	rs, err := st.ListRPCs(ctx, store.RPCQuery{DeviceID: dev.ID})
+	if err != nil || len(rs) != 1 || !rs[0].CreatedAt.Equal(releaseAt.Add(day)) {
+		t.Errorf("RPC calls after the wipe: %+v %v, want only the one made after the release", rs, err)
+	}
+	hs, err := st.OTAHistory(ctx, dev.ID, time.Time{}, 0)
+	if err != nil || len(hs) != 1 || !hs[0].Time.Equal(releaseAt.Add(day)) {
+		t.Errorf("OTA history after the wipe: %+v %v, want only the entry after the release", hs, err)
 	}
 	es, _ := st.Owners(ctx, dev.Name)
 	if len(es) != 1 || !es[0].Wiped {

@@ -140,6 +140,10 @@ type Alarms interface {
 	ClearActiveAlarm(ctx context.Context, deviceID int64, typ, by string, at time.Time) (a Alarm, err error)
 	GetAlarm(ctx context.Context, id int64) (Alarm, error)
 	ListAlarms(ctx context.Context, q AlarmQuery) ([]Alarm, error)
+	// DeleteAlarmsBefore removes at most q.Limit alarms whose StartTime
+	// is before q.Before or, with q.Finished, cleared alarms whose
+	// ClearTime is; more tells that some may remain.
+	DeleteAlarmsBefore(ctx context.Context, q HistoryPurge) (removed int64, more bool, err error)
 }
 
 // Operations announced on bus.TopicAlarms.

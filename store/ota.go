@@ -167,6 +167,11 @@ type OTA interface {
 	// OTAHistory returns a device's state changes at or after since,
 	// newest first (since is the ownership epoch's lower bound).
 	OTAHistory(ctx context.Context, deviceID int64, since time.Time, limit int) ([]OTAHistoryEntry, error)
+	// DeleteOTAHistoryBefore removes at most q.Limit history entries
+	// older than q.Before (every entry is finished: q.Finished changes
+	// nothing); more tells that some may remain. A device's current
+	// target and state stay.
+	DeleteOTAHistoryBefore(ctx context.Context, q HistoryPurge) (removed int64, more bool, err error)
 
 	// CreateOTARollout stores a rollout with its members and makes each
 	// member's device row QUEUED for it, in one transaction.

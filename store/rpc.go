@@ -92,6 +92,10 @@ type RPCs interface {
 	// ExpireRPCs moves every call not final whose expiration time is at or
 	// before now to EXPIRED, and returns them.
 	ExpireRPCs(ctx context.Context, now time.Time) ([]RPC, error)
+	// DeleteRPCsBefore removes at most q.Limit calls created before
+	// q.Before or, with q.Finished, calls in a final status last updated
+	// before it; more tells that some may remain.
+	DeleteRPCsBefore(ctx context.Context, q HistoryPurge) (removed int64, more bool, err error)
 }
 
 // RPCNotice is the payload published on the bus's TopicRPC when a

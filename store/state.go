@@ -221,6 +221,18 @@ type Leases interface {
 	TryLease(ctx context.Context, name, holder string, ttl time.Duration) (ok bool, err error)
 }
 
+// HistoryPurge selects a bounded batch of history to remove: alarms,
+// persistent RPC calls or OTA state changes.
+type HistoryPurge struct {
+	DeviceID int64     // only this device's rows; 0 means every device
+	Before   time.Time // rows older than this (each method says by which time)
+	// Finished spares what is still under way (retention): only cleared
+	// alarms and calls in a final status go, aged by when they ended.
+	// Without it (an ownership wipe) everything begun before Before goes.
+	Finished bool
+	Limit    int // 0 means 1000
+}
+
 // EventPurge selects events to remove.
 type EventPurge struct {
 	Before time.Time

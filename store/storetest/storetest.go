@@ -58,6 +58,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Ownership", func(t *testing.T) { testOwnership(t, open(t)) })
 	t.Run("RPC", func(t *testing.T) { testRPC(t, open(t)) })
 	t.Run("SharedSync", func(t *testing.T) { testSharedSync(t, open(t)) })
+	t.Run("HistoryPurge", func(t *testing.T) { testHistoryPurge(t, open(t)) })
 	t.Run("Close", func(t *testing.T) { testClose(t, open(t)) })
 }
 
