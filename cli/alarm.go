@@ -306,4 +306,7 @@ func addOperationFlags(f *pflag.FlagSet, cfg *node.Config) {
 	f.DurationVar(&cfg.Alarms.InactivityTimeout, "inactivity-timeout", 10*time.Minute, "a device silent this long is inactive and raises the offline alarm (profiles may set their own)")
 	f.Var(daysDuration{&cfg.Retention.Telemetry}, "retention-telemetry", "remove telemetry older than this, e.g. 90d (0: keep; profiles may set their own)")
 	f.Var(daysDuration{&cfg.Retention.Events}, "retention-events", "remove events older than this, e.g. 180d (0: keep; profiles may set their own)")
+	f.Var(daysDuration{&cfg.Retention.Alarms}, "retention-alarms", "remove alarms cleared longer ago than this, e.g. 365d (0: keep)")
+	f.Var(daysDuration{&cfg.Retention.RPCs}, "retention-rpc", "remove RPC calls finished longer ago than this, e.g. 30d (0: keep)")
+	f.Var(daysDuration{&cfg.Retention.OTAHistory}, "retention-ota-history", "remove OTA state changes older than this, e.g. 365d (0: keep)")
 }

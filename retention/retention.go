@@ -1,6 +1,7 @@
 // Package retention removes telemetry and events older than their
 // configured age: a global age per kind, overridden per device profile
-// (store.ProfileSettings). It works in small steps with pauses between
+// (store.ProfileSettings); and cleared alarms, finished RPC calls and OTA
+// history older than a global age. It works in small steps with pauses between
 // them, so that the store's write path (and so the acknowledgements of
 // device messages) never waits long for it. One node of a cluster runs a
 // pass at a time, under a lease. See docs/retention.md.
@@ -22,6 +23,10 @@ type Config struct {
 	// Telemetry and Events are the global ages; 0 keeps forever (unless
 	// a profile sets its own).
 	Telemetry, Events time.Duration
+	// Alarms (cleared ones, by clear time), RPCs (calls in a final
+	// status, by last update) and OTAHistory (state changes) are global
+	// ages; 0 keeps forever. What is still under way is never removed.
+	Alarms, RPCs, OTAHistory time.Duration
 	// Interval is the time between the starts of two passes; 0 means 10
 	// minutes. The first pass starts after Delay (0 means 30 s).
 	Interval, Delay time.Duration
@@ -43,6 +48,9 @@ type Engine struct {
 type Result struct {
 	Telemetry int64 // records (SQLite) or rows (PostgreSQL)
 	Events    int64
+	Alarms    int64
+	RPCs      int64
+	OTA       int64 // OTA history entries
 	Steps     int
 }
 
@@ -111,9 +119,9 @@ func (e *Engine) run() {
 		if err != nil && ctx.Err() == nil {
 			e.log.Warn("retention: pass failed", "err", err)
 		}
-		if res.Telemetry > 0 || res.Events > 0 {
+		if res.Telemetry > 0 || res.Events > 0 || res.Alarms > 0 || res.RPCs > 0 || res.OTA > 0 {
 			e.log.Info("retention: removed old data", "telemetry", res.Telemetry, "events", res.Events,
-				"steps", res.Steps, "took", time.Since(start).Round(time.Millisecond))
+				"alarms", res.Alarms, "rpcs", res.RPCs, "ota", res.OTA, "steps", res.Steps, "took", time.Since(start).Round(time.Millisecond))
 		}
 	}
 }
@@ -184,13 +192,39 @@ func (e *Engine) Pass(ctx context.Context, now time.Time) (Result, error) {
 			return res, err
 		}
 	}
+	st := e.cfg.Store
+	for _, h := range []struct {
+		age   time.Duration
+		del   func(context.Context, store.HistoryPurge) (int64, bool, error)
+		count *int64
+	}{
+		{e.cfg.Alarms, st.DeleteAlarmsBefore, &res.Alarms},
+		{e.cfg.RPCs, st.DeleteRPCsBefore, &res.RPCs},
+		{e.cfg.OTAHistory, st.DeleteOTAHistoryBefore, &res.OTA},
+	} {
+		if h.age <= 0 {
+			continue
+		}
+		q := store.HistoryPurge{Before: now.Add(-h.age), Finished: true, Limit: e.cfg.Step}
+		n, err := steps(ctx, func() (int64, bool, error) { return h.del(ctx, q) }, pause)
+		*h.count += n
+		if err != nil {
+			return res, err
+		}
+	}
 	return res, nil
 }
 
 func (e *Engine) events(ctx context.Context, q store.EventPurge, pause func() bool) (int64, error) {
+	return steps(ctx, func() (int64, bool, error) { return e.cfg.Store.DeleteEventsBefore(ctx, q) }, pause)
+}
+
+// steps repeats a bounded deletion, pausing between steps, until nothing
+// remains.
+func steps(ctx context.Context, step func() (int64, bool, error), pause func() bool) (int64, error) {
 	var total int64
 	for {
-		n, more, err := e.cfg.Store.DeleteEventsBefore(ctx, q)
+		n, more, err := step()
 		total += n
 		if err != nil || !more {
 			return total, err

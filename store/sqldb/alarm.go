@@ -33,7 +33,9 @@ CREATE TABLE alarms (
 	clear_by TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX alarms_active ON alarms(device_id, type) WHERE clear_ns = 0;
-CREATE INDEX alarms_device ON alarms(device_id, id)`})
+CREATE INDEX alarms_device ON alarms(device_id, id)`},
+		// Retention removes cleared alarms of every device, oldest first.
+		Migration{Name: "alarm/002", SQL: `CREATE INDEX alarms_cleared ON alarms(clear_ns) WHERE clear_ns <> 0`})
 	RegisterPurge(func(ctx context.Context, tx *Tx, device int64) error {
 		_, err := tx.Exec(ctx, "DELETE FROM alarms WHERE device_id=?", device)
 		return err

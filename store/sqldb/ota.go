@@ -89,7 +89,9 @@ CREATE TABLE ota_rollout_devices (
   PRIMARY KEY (rollout_id, device_id)
 );
 CREATE INDEX ota_rollout_devices_device ON ota_rollout_devices(device_id)`},
-		Migration{Name: "ota/002", SQL: `ALTER TABLE ota_devices ADD COLUMN report_at BIGINT NOT NULL DEFAULT 0`})
+		Migration{Name: "ota/002", SQL: `ALTER TABLE ota_devices ADD COLUMN report_at BIGINT NOT NULL DEFAULT 0`},
+		// Retention removes old history of every device, oldest first.
+		Migration{Name: "ota/003", SQL: `CREATE INDEX ota_history_ts ON ota_history(ts)`})
 	RegisterPurge(func(ctx context.Context, tx *Tx, device int64) error {
 		for _, t := range []string{"ota_devices", "ota_history", "ota_rollout_devices"} {
 			if _, err := tx.Exec(ctx, "DELETE FROM "+t+" WHERE device_id=?", device); err != nil {

@@ -37,7 +37,9 @@ CREATE TABLE rpc_calls (
 	error TEXT NOT NULL
 );
 CREATE INDEX rpc_calls_device ON rpc_calls(device_id, id);
-CREATE INDEX rpc_calls_status ON rpc_calls(status, expires_at)`})
+CREATE INDEX rpc_calls_status ON rpc_calls(status, expires_at)`},
+		// Retention removes finished calls of every device, oldest first.
+		Migration{Name: "rpc/002", SQL: `CREATE INDEX rpc_calls_updated ON rpc_calls(updated_at)`})
 	RegisterPurge(func(ctx context.Context, tx *Tx, device int64) error {
 		_, err := tx.Exec(ctx, "DELETE FROM rpc_calls WHERE device_id=?", device)
 		return err
