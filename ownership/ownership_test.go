@@ -10,9 +10,8 @@ import (
 	"time"
 
 	"github.com/thingline/thingline/store"
-	"github.com/thingline/thingline/store/postgres"
 	"github.com/thingline/thingline/store/sqlite"
-	"github.com/thingline/thingline/tstest"
+	"github.com/thingline/thingline/tstest/stores"
 )
 
 // compacter is the SQLite store's forced compaction.
@@ -23,24 +22,7 @@ type compacter interface {
 // TestSweepWipesExpiredEpochs: once an ended epoch's keeping is over, the
 // data recorded before it ended goes, and what came after stays. On SQLite
 // and PostgreSQL.
-func TestSweepWipesExpiredEpochs(t *testing.T) {
-	t.Run("sqlite", func(t *testing.T) {
-		st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "t.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		testSweep(t, st)
-	})
-	t.Run("postgres", func(t *testing.T) {
-		st, err := postgres.Open(context.Background(), tstest.PostgresSchema(t, "ownership"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		testSweep(t, st)
-	})
-}
+func TestSweepWipesExpiredEpochs(t *testing.T) { stores.Each(t, "ownership", testSweep) }
 
 func testSweep(t *testing.T, st store.Store) {
 	ctx := context.Background()

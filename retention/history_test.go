@@ -4,38 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/thingline/thingline/store"
-	"github.com/thingline/thingline/store/postgres"
-	"github.com/thingline/thingline/store/sqlite"
-	"github.com/thingline/thingline/tstest"
+	"github.com/thingline/thingline/tstest/stores"
 )
 
 // TestPassHistory: cleared alarms, finished RPC calls and OTA history
 // older than their ages go, in steps; active alarms and unfinished calls
 // stay however old, and so does everything younger. On SQLite and
 // PostgreSQL.
-func TestPassHistory(t *testing.T) {
-	t.Run("sqlite", func(t *testing.T) {
-		st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "t.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		testPassHistory(t, st)
-	})
-	t.Run("postgres", func(t *testing.T) {
-		st, err := postgres.Open(context.Background(), tstest.PostgresSchema(t, "retention"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		testPassHistory(t, st)
-	})
-}
+func TestPassHistory(t *testing.T) { stores.Each(t, "retention", testPassHistory) }
 
 func testPassHistory(t *testing.T, st store.Store) {
 	ctx := context.Background()
