@@ -71,7 +71,7 @@ with --admin-token or THINGLINE_ADMIN_TOKEN.`,
 	f.StringArrayVar(&cfg.DeviceCAs, "device-ca", nil, "device-issuing CA certificate (PEM) devices must chain to; repeatable")
 	f.StringVar(&cfg.AdminToken, "admin-token", "", "admin API token (or THINGLINE_ADMIN_TOKEN)")
 	f.StringVar(&cfg.StoreURL, "store", "", "storage: empty for SQLite in the data directory, or postgres://…")
-	f.StringVar(&cfg.BusURL, "bus", "", "bus: empty for in-process, or nats://… to share with other nodes")
+	f.StringVar(&cfg.BusURL, "bus", "", "bus: empty for in-process, or nats://…[?prefix=NAME] to share with other nodes (NAME: this deployment's subject prefix, default thingline)")
 	f.StringVar(&cfg.NodeID, "node-id", "", "this node's name (default: host name)")
 	f.StringVar(&cnRegex, "cn-regex", "(.*)", "device name = first capture group of this expression on the certificate CN")
 	f.BoolVar(&noCreate, "no-auto-provision", false, "refuse devices not already known instead of creating them")

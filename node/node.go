@@ -59,7 +59,7 @@ type Config struct {
 	DeviceCAKey string
 	AdminToken  string // default: the stored one, or a new one printed once
 	StoreURL    string // "" or sqlite:PATH → SQLite; postgres://… → PostgreSQL
-	BusURL      string // "" → in-process; nats://… → NATS
+	BusURL      string // "" → in-process; nats://…[?prefix=NAME] → NATS (subjects under NAME, default thingline)
 	NodeID      string // default: host name
 	Profile     gateway.Profile
 	// Gateway holds the device gateway's limits (per-address limits,
@@ -212,7 +212,11 @@ func (n *Node) start(ctx context.Context) (err error) {
 	if cfg.BusURL == "" {
 		n.bus = inproc.New()
 	} else {
-		b, err := tlnats.Connect(cfg.BusURL, "")
+		servers, prefix, err := splitBusURL(cfg.BusURL)
+		if err != nil {
+			return startErr("--bus "+redactURL(cfg.BusURL), err, "give nats://HOST:PORT, optionally ?prefix=NAME")
+		}
+		b, err := tlnats.Connect(servers, prefix)
 		if err != nil {
 			return startErr("connecting to bus "+redactURL(cfg.BusURL), errors.Unwrap(err), "check that the NATS server is running and reachable and that --bus is right")
 		}

@@ -40,7 +40,7 @@ func backends(t *testing.T) []backend {
 	bs := []backend{{name: "sqlite", storeURL: func(*testing.T) string { return "" }}}
 	pg, nats := os.Getenv("THINGLINE_TEST_POSTGRES"), os.Getenv("THINGLINE_TEST_NATS")
 	if pg != "" && nats != "" {
-		bs = append(bs, backend{name: "postgres-nats", storeURL: func(t *testing.T) string { return tstest.PostgresSchema(t, "ops") }, busURL: nats})
+		bs = append(bs, backend{name: "postgres-nats", storeURL: func(t *testing.T) string { return tstest.PostgresSchema(t, "ops") }, busURL: tstest.NATSURL()})
 	} else {
 		t.Log("THINGLINE_TEST_POSTGRES and THINGLINE_TEST_NATS not both set: PostgreSQL and NATS variants skipped")
 	}
@@ -465,7 +465,7 @@ func TestStreamAcrossNodes(t *testing.T) {
 	if pg == "" || nats == "" {
 		t.Skip("THINGLINE_TEST_POSTGRES and THINGLINE_TEST_NATS are needed for two nodes")
 	}
-	storeURL := tstest.PostgresSchema(t, "ops")
+	storeURL, nats := tstest.PostgresSchema(t, "ops"), tstest.NATSURL()
 	a := startTestNode(t, storeURL, nats, "node-a", nil, nil)
 	b := startTestNode(t, storeURL, nats, "node-b", a, nil)
 	d := a.newDevice("SN-XNODE")

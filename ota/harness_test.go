@@ -26,6 +26,7 @@ import (
 	"github.com/thingline/thingline/pki"
 	"github.com/thingline/thingline/pki/pkitest"
 	"github.com/thingline/thingline/store/storetest"
+	"github.com/thingline/thingline/tstest"
 	"github.com/thingline/thingline/twin"
 )
 
@@ -71,7 +72,7 @@ func newCloud(t *testing.T, cfg ota.Config) *cloud {
 
 // newCluster starts n nodes on PostgreSQL and NATS.
 func newCluster(t *testing.T, n int, cfg ota.Config) *cloud {
-	natsURL := os.Getenv("THINGLINE_TEST_NATS")
+	natsURL := tstest.NATSURL()
 	if natsURL == "" {
 		t.Skip("THINGLINE_TEST_NATS not set")
 	}

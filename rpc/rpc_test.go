@@ -390,7 +390,7 @@ func TestPersistentRPCTwoNodes(t *testing.T) {
 	if os.Getenv("THINGLINE_TEST_POSTGRES") == "" || os.Getenv("THINGLINE_TEST_NATS") == "" {
 		t.Skip("THINGLINE_TEST_POSTGRES and THINGLINE_TEST_NATS are needed for two nodes")
 	}
-	b := backend{storeURL: tstest.PostgresSchema(t, "rpc"), busURL: os.Getenv("THINGLINE_TEST_NATS")}
+	b := backend{storeURL: tstest.PostgresSchema(t, "rpc"), busURL: tstest.NATSURL()}
 	a := start(t, t.TempDir(), b, "node-a", "")
 	nb := start(t, t.TempDir(), b, "node-b", a.n.PKIDir())
 	d := newDevice(t, a, "SN-TWO")

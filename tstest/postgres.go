@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,3 +50,19 @@ func PostgresSchema(t testing.TB, prefix string) string {
 	u.RawQuery = q.Encode()
 	return u.String()
 }
+
+// NATSURL returns THINGLINE_TEST_NATS with a subject prefix of its own
+// (nats://host:port?prefix=test_<ns>), or "" when the variable is not set.
+// Concurrent test processes share one NATS server and reuse device names:
+// on the default prefix one run's nodes would take over another run's
+// sessions (claims) and hear its notices. Nodes of one cluster must share
+// the URL returned by one call.
+func NATSURL() string {
+	base := os.Getenv("THINGLINE_TEST_NATS")
+	if base == "" {
+		return ""
+	}
+	return fmt.Sprintf("%s?prefix=test_%d_%d", base, os.Getpid(), natsSeq.Add(1))
+}
+
+var natsSeq atomic.Int64

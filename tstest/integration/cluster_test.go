@@ -117,11 +117,12 @@ func subscribeDevice(t *testing.T, c mqtt.Client, attrs chan<- string) {
 }
 
 // clusterStore returns the store URL of a fresh PostgreSQL schema, so that
-// a test sees only its own devices, and the NATS URL; it skips the test
+// a test sees only its own devices, and the NATS URL on a subject prefix of
+// its own (see tstest.NATSURL); it skips the test
 // when either is not configured.
 func clusterStore(t *testing.T) (storeURL, natsURL string) {
 	t.Helper()
-	natsURL = os.Getenv("THINGLINE_TEST_NATS")
+	natsURL = tstest.NATSURL()
 	if os.Getenv("THINGLINE_TEST_POSTGRES") == "" || natsURL == "" {
 		t.Skip("THINGLINE_TEST_POSTGRES and THINGLINE_TEST_NATS are needed for a two-node cluster")
 	}

@@ -114,7 +114,7 @@ func TestREADMECommands(t *testing.T) {
 				}
 			}
 			l := strings.ReplaceAll(line, "postgres://user@db/thingline", "'"+storeURL+"'")
-			l = strings.ReplaceAll(l, "nats://nats:4222", natsURL)
+			l = strings.ReplaceAll(l, "nats://nats:4222", "'"+natsURL+"'")
 			runUntilListening(t, shell(node, "exec "+l+ephemeral))
 		default:
 			t.Logf("not run here: %s", line)
