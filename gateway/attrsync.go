@@ -27,6 +27,7 @@ func (ss *session) catchUpShared() {
 		return
 	}
 	var changed, deleted []string
+	writing := map[string]bool{} // marked as changed, not stored yet
 	for _, c := range pending {
 		if c.Deleted {
 			deleted = append(deleted, c.Key)
@@ -44,14 +45,17 @@ func (ss *session) catchUpShared() {
 			ss.srv.log.Warn("gateway: reading missed shared attributes", "device", ss.dev.Name, "err", err)
 			return
 		}
-		// A key marked as changed but absent was deleted by a writer that
-		// failed before marking it so: tell the device it is gone.
+		// A key marked as changed but absent is being written: the API
+		// marks before it stores (docs/rpc.md). Telling the device it was
+		// deleted would be false, and clearing the mark would lose the
+		// change if the writer's live push misses this session: keep the
+		// mark for the writer's push or the next subscription.
 		upd := make(map[string]json.RawMessage, len(attrs))
 		for _, k := range changed {
 			if a, ok := attrs[k]; ok {
 				upd[k] = a.Value
 			} else {
-				deleted = append(deleted, k)
+				writing[k] = true
 			}
 		}
 		if len(upd) > 0 {
@@ -68,7 +72,13 @@ func (ss *session) catchUpShared() {
 			return
 		}
 	}
-	if err := st.ClearShared(ctx, ss.dev.ID, pending); err != nil {
+	told := pending[:0:0]
+	for _, c := range pending {
+		if !writing[c.Key] {
+			told = append(told, c)
+		}
+	}
+	if err := st.ClearShared(ctx, ss.dev.ID, told); err != nil {
 		ss.srv.log.Warn("gateway: clearing missed shared attributes", "device", ss.dev.Name, "err", err)
 	}
 }
