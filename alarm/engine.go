@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -270,6 +271,13 @@ func (e *Engine) watches() []*Session {
 		ws = append(ws, w)
 	}
 	return ws
+}
+
+// Rules returns the rules of a profile the engine applies now: a rule
+// added or changed in the store takes effect at the next reload (every
+// Reload), on every node.
+func (e *Engine) Rules(profile string) []store.AlarmRule {
+	return slices.Clone(e.rulesOf(profile))
 }
 
 func (e *Engine) rulesOf(profile string) []store.AlarmRule {
