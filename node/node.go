@@ -165,6 +165,9 @@ func (n *Node) start(ctx context.Context) (err error) {
 	if u := cfg.BusURL; u != "" && !strings.HasPrefix(u, "nats://") && !strings.HasPrefix(u, "tls://") {
 		return startErr("--bus "+redactURL(u), errors.New("unknown kind of bus"), "give nats://HOST:PORT, or nothing for the in-process bus")
 	}
+	if _, _, err := splitBusURL(cfg.BusURL); err != nil {
+		return startErr("--bus "+redactURL(cfg.BusURL), err, "give nats://HOST:PORT, optionally ?prefix=NAME")
+	}
 	// Listeners first: a taken port is the commonest failure and costs
 	// nothing to find before the data directory is touched.
 	n.mqttLn, err = net.Listen("tcp", cfg.MQTTListen)
@@ -212,10 +215,7 @@ func (n *Node) start(ctx context.Context) (err error) {
 	if cfg.BusURL == "" {
 		n.bus = inproc.New()
 	} else {
-		servers, prefix, err := splitBusURL(cfg.BusURL)
-		if err != nil {
-			return startErr("--bus "+redactURL(cfg.BusURL), err, "give nats://HOST:PORT, optionally ?prefix=NAME")
-		}
+		servers, prefix, _ := splitBusURL(cfg.BusURL) // checked above
 		b, err := tlnats.Connect(servers, prefix)
 		if err != nil {
 			return startErr("connecting to bus "+redactURL(cfg.BusURL), errors.Unwrap(err), "check that the NATS server is running and reachable and that --bus is right")
