@@ -28,6 +28,12 @@ func (ss *session) handleCommand(ctx context.Context, cmd bus.Command) (json.Raw
 		case <-ctx.Done():
 			return nil, bus.ErrTimeout
 		}
+		// A session that is ending still serves the bus until finish
+		// stops it, but its connection is gone: it is offline to a
+		// caller, not a failure of the gateway.
+		if ss.closing.Load() {
+			return nil, bus.ErrNoSession
+		}
 	}
 	switch cmd.Kind {
 	case bus.CommandRPC:
@@ -119,6 +125,9 @@ func (ss *session) serverRPC(ctx context.Context, cmd bus.Command) (json.RawMess
 	}()
 	sub, _ := ss.sub(subRPCRequest)
 	if err := ss.publish(rpcRequestTopic(sub.st, id), payload, sub.qos); err != nil {
+		if ss.closing.Load() { // closed while we wrote: offline, as above
+			return nil, bus.ErrNoSession
+		}
 		return nil, fmt.Errorf("gateway: sending rpc to %s: %w", ss.dev.Name, err)
 	}
 	select {

@@ -136,6 +136,15 @@ func TestAPIAuthAndErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The CONNACK comes before the session is recorded online: wait for
+	// that, or "offline" below could be the state from before it.
+	tstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		var d struct{ Online bool }
+		if code := s.api("GET", "/api/v1/devices/SN-OFF", "", &d); code != 200 || !d.Online {
+			return fmt.Errorf("device: %d online=%v", code, d.Online)
+		}
+		return nil
+	})
 	c.Disconnect(100)
 	tstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		var d struct{ Online bool }
