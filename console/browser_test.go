@@ -131,7 +131,20 @@ func attr(sel chromedp.CSS, name string, out *string) chromedp.Action[chromedp.V
 
 // waitJS polls a JavaScript expression until it is true.
 func waitJS(expr string) chromedp.Action[chromedp.Void] {
-	return chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingTimeout(45*time.Second), chromedp.WithPollingInterval(100*time.Millisecond))
+	poll := chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingTimeout(45*time.Second), chromedp.WithPollingInterval(100*time.Millisecond))
+	return func(ctx context.Context, t *chromedp.Target) (chromedp.Void, error) {
+		for try := 0; ; try++ {
+			v, err := poll(ctx, t)
+			// A navigation can replace the page's JavaScript context while
+			// the poll runs in it (seen on a loaded machine right after
+			// Navigate): poll again, in the new one.
+			if err != nil && try < 20 && ctx.Err() == nil && strings.Contains(err.Error(), "Cannot find context with specified id") {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			return v, err
+		}
+	}
 }
 
 // screenshot saves the page as docs/screenshots/NAME.png when
