@@ -31,15 +31,7 @@ var alarmStatuses = map[string][2]*bool{
 func ptr[T any](v T) *T { return &v }
 
 func (s *Server) listAlarms(w http.ResponseWriter, r *http.Request) error {
-	limit, err := queryInt(r, "limit", defaultLimit, 1, 1000)
-	if err != nil {
-		return err
-	}
-	before, err := queryInt(r, "before", 0, 0, 1<<63-1)
-	if err != nil {
-		return err
-	}
-	since, err := queryInt(r, "since", 0, 0, 1<<62)
+	limit, before, since, err := pageParams(r)
 	if err != nil {
 		return err
 	}

@@ -181,15 +181,7 @@ func (s *Server) listRPCs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	limit, err := queryInt(r, "limit", defaultLimit, 1, 1000)
-	if err != nil {
-		return err
-	}
-	before, err := queryInt(r, "before", 0, 0, 1<<63-1)
-	if err != nil {
-		return err
-	}
-	since, err := queryInt(r, "since", 0, 0, 1<<62)
+	limit, before, since, err := pageParams(r)
 	if err != nil {
 		return err
 	}
