@@ -94,6 +94,7 @@ type Store struct {
 	// their callers. See docs/storage.md for why this is as durable as
 	// synchronous=FULL.
 	wal        *os.File
+	walSync    walSyncer
 	syncq      chan []*op
 	syncerDone chan struct{}
 	syncBusy   atomic.Bool   // an fsync runs or batches wait for one
@@ -215,6 +216,12 @@ func OpenOptions(ctx context.Context, path string, opt Options) (*Store, error) 
 			db.Close()
 			return nil, fmt.Errorf("sqlite: opening the write-ahead log: %w", err)
 		}
+		if s.walSync, err = newWALSyncer(s.wal); err != nil {
+			s.wal.Close()
+			wconn.Close()
+			db.Close()
+			return nil, err
+		}
 		s.syncq = make(chan []*op, 64)
 		s.syncIdle = make(chan struct{}, 1)
 		s.syncerDone = make(chan struct{})
@@ -224,6 +231,7 @@ func OpenOptions(ctx context.Context, path string, opt Options) (*Store, error) 
 		if s.wal != nil {
 			close(s.syncq)
 			<-s.syncerDone
+			s.walSync.Close()
 			s.wal.Close()
 		}
 		wconn.Close()
@@ -267,7 +275,7 @@ func (s *Store) Close() error {
 	if s.wal != nil {
 		close(s.syncq)
 		<-s.syncerDone
-		err0 = s.wal.Close()
+		err0 = errors.Join(s.walSync.Close(), s.wal.Close())
 	}
 	err1 := s.wconn.Close()
 	err2 := s.db.Close()
@@ -771,7 +779,7 @@ func (s *Store) syncer() {
 			}
 		}
 		start := time.Now()
-		err := s.wal.Sync()
+		err := s.walSync.Sync()
 		s.syncNanos.Add(int64(time.Since(start)))
 		s.syncs.Add(1)
 		for _, o := range waiting {
