@@ -77,3 +77,46 @@ func TestPassPerProfile(t *testing.T) {
 		t.Errorf("second pass: %+v, %v", res, err)
 	}
 }
+
+// listCounter counts the device listings made through a real store.
+type listCounter struct {
+	store.Store
+	lists int
+}
+
+func (l *listCounter) ListDevices(ctx context.Context, o store.ListOptions) ([]store.Device, error) {
+	l.lists++
+	return l.Store.ListDevices(ctx, o)
+}
+
+// TestPassWithoutPerDeviceAges: with no telemetry age and no profile's
+// own event age, a pass does not walk the fleet; as soon as one profile
+// has a telemetry age, it does.
+func TestPassWithoutPerDeviceAges(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "t.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, _, _, err := st.EnsureDevice(ctx, store.Device{Name: "SN-1", Profile: "p"}, store.Credential{SHA256: fmt.Sprintf("%064x", 1)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	lc := &listCounter{Store: st}
+	e := &Engine{cfg: Config{Store: lc, Events: 48 * time.Hour, Alarms: time.Hour, Step: 10, Pause: time.Millisecond}}
+	if _, err := e.Pass(ctx, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if lc.lists != 0 {
+		t.Errorf("a pass without per-device ages listed devices %d times", lc.lists)
+	}
+	if err := st.PutProfileSettings(ctx, store.ProfileSettings{Profile: "p", TelemetryRetention: store.Duration(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Pass(ctx, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if lc.lists == 0 {
+		t.Error("a pass with a profile's telemetry age did not walk the devices")
+	}
+}
