@@ -28,10 +28,11 @@ import (
 // PUBLISH order).
 //
 // The acker must never block on one device: it writes a PUBACK only when the
-// session's write lock is free and the socket's send queue is short (a few
-// KiB unsent: the 30-byte record then fits without waiting); otherwise the
-// session's remaining acknowledgements go to a goroutine of its own
-// (drainAcks), in order.
+// session's write lock is free, and without waiting (pollConn's tryWrite):
+// what the socket does not take at once is sent by a goroutine of the
+// session's that holds the write lock until it is; otherwise the session's
+// remaining acknowledgements go to a goroutine of its own (drainAcks), in
+// order.
 
 // acker runs the completions posted by the store. A server has one per two
 // processors, each serving a share of the sessions (so that one session's
@@ -162,12 +163,11 @@ func (ss *session) completeAsync(ws []*work, err error) {
 		ss.asyncDone(len(ws))
 		return
 	}
-	if ss.writeMu.TryLock() {
-		if ss.sendRoom() {
-			ss.writeAcksLocked(ws)
-			return
-		}
-		ss.writeMu.Unlock()
+	// Written now if the write lock is free and the socket can be written
+	// to: tryAcks never waits.
+	if ss.pc != nil && ss.pc.rc != nil && ss.writeMu.TryLock() {
+		ss.tryAcksLocked(ws)
+		return
 	}
 	ss.ackMu.Lock()
 	ss.outBusy = true
@@ -199,11 +199,8 @@ func (ss *session) drainAcks() {
 	}
 }
 
-// writeAcksLocked writes the acknowledgements of ws in one TLS record with
-// writeMu held, releases it, and completes ws.
-func (ss *session) writeAcksLocked(ws []*work) {
-	var small [64]byte
-	buf := small[:0]
+// appendAcks appends the acknowledgements of ws to buf.
+func appendAcks(buf []byte, ws []*work) []byte {
 	for _, w := range ws {
 		switch w.qos {
 		case 1:
@@ -212,11 +209,52 @@ func (ss *session) writeAcksLocked(ws []*work) {
 			buf = append(buf, packets.Pubrec<<4, 2, byte(w.pid>>8), byte(w.pid))
 		}
 	}
+	return buf
+}
+
+// tryAcksLocked writes the acknowledgements of ws in one TLS record without
+// waiting, with writeMu held; it releases writeMu and completes ws. Should
+// the socket not take the whole record (a device that stopped reading),
+// the rest is sent, and ws completed, by a goroutine of its own that keeps
+// writeMu meanwhile, so that nothing overtakes it; the acker goes on.
+func (ss *session) tryAcksLocked(ws []*work) {
+	buf := appendAcks(ss.ackBuf[:0], ws)
+	if len(buf) == 0 {
+		ss.writeMu.Unlock()
+		ss.acked(ws, nil)
+		return
+	}
+	ss.pc.tryWrite = true
+	_, err := ss.conn.Write(buf)
+	ss.pc.tryWrite = false
+	if err == nil && len(ss.pc.rest) > 0 {
+		ss.srv.ackRests.Add(1)
+		go func() {
+			ss.writeDeadlineLocked(ss.srv.timeout)
+			err := ss.pc.finishWrite()
+			ss.writeMu.Unlock()
+			ss.acked(ws, err)
+		}()
+		return
+	}
+	ss.writeMu.Unlock()
+	ss.acked(ws, err)
+}
+
+// writeAcksLocked writes the acknowledgements of ws in one TLS record with
+// writeMu held, waiting if need be; it releases writeMu and completes ws.
+func (ss *session) writeAcksLocked(ws []*work) {
 	var err error
-	if len(buf) > 0 {
+	if buf := appendAcks(ss.ackBuf[:0], ws); len(buf) > 0 {
 		err = ss.writeLocked(ss.srv.timeout, buf)
 	}
 	ss.writeMu.Unlock()
+	ss.acked(ws, err)
+}
+
+// acked completes ws once their acknowledgements are written (or failed
+// to be: the session is then ending).
+func (ss *session) acked(ws []*work, err error) {
 	if err != nil {
 		ss.srv.log.Debug("gateway: writing acks", "device", ss.dev.Name, "err", err)
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -102,5 +104,93 @@ func TestAsyncAcknowledgements(t *testing.T) {
 	unlock()
 	for pid := uint16(21); pid <= 30; pid++ {
 		readAck(pid)
+	}
+}
+
+// TestAcksToADeviceNotReading: a device that pipelines messages and stops
+// reading fills its socket with acknowledgements. The acker's write, which
+// never waits, leaves the rest of a record to a goroutine of the session's;
+// meanwhile another device is acknowledged as usual; once the first reads
+// again it gets every acknowledgement, whole and in order.
+func TestAcksToADeviceNotReading(t *testing.T) {
+	e := newEnv(t, nil)
+	if len(e.srv.ackers) == 0 {
+		t.Fatal("the SQLite store offers asynchronous appends; the gateway does not use them")
+	}
+	slowCert, _ := e.inter.device(t, "SN-SLOW")
+	// Small buffers on both sides, so that a few hundred records fill
+	// them: the device's receive buffer set before it connects, so that
+	// the window it offers is small from the start.
+	d := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 1024) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	slow, err := rawConnectWith(e, slowCert, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	e.srv.mu.Lock()
+	ss := e.srv.sessions["SN-SLOW"]
+	e.srv.mu.Unlock()
+	if err := ss.pc.Conn.(*net.TCPConn).SetWriteBuffer(1024); err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 2000
+	sent := make(chan error, 1)
+	go func() {
+		// Each message on its own, so that each has a record of its own
+		// to acknowledge it, until the server stops reading (maxPending)
+		// and this write waits for it.
+		for pid := 1; pid <= n; pid++ {
+			if _, err := slow.Write(publishV4(uint16(pid), fmt.Sprintf(`{"ts":%d,"values":{"n":%d}}`, 1000+pid, pid))); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- nil
+	}()
+	tstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if e.srv.ackRests.Load() == 0 {
+			ss.ackMu.Lock()
+			busy, pending := ss.outBusy, ss.pending
+			ss.ackMu.Unlock()
+			return fmt.Errorf("no acknowledgement left for later yet (drainAcks running %v, %d pending, %d packets read)", busy, pending, e.srv.packets.Load())
+		}
+		return nil
+	})
+
+	// The acker is free: another device is acknowledged.
+	otherCert, _ := e.inter.device(t, "SN-OTHER")
+	other, err := rawConnect(e, otherCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	other.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := other.Write(publishV4(7, `{"ts":1,"values":{"n":1}}`)); err != nil {
+		t.Fatal(err)
+	}
+	var ack [4]byte
+	if _, err := io.ReadFull(other, ack[:]); err != nil || ack != [4]byte{0x40, 2, 0, 7} {
+		t.Fatalf("the other device's PUBACK: %x, %v", ack, err)
+	}
+
+	// The slow device reads again: every acknowledgement, in order.
+	slow.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for pid := 1; pid <= n; pid++ {
+		if _, err := io.ReadFull(slow, ack[:]); err != nil {
+			t.Fatalf("waiting for PUBACK %d: %v", pid, err)
+		}
+		if ack != [4]byte{0x40, 2, byte(pid >> 8), byte(pid)} {
+			t.Fatalf("PUBACK %x; want id %d", ack, pid)
+		}
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,11 +20,16 @@ import (
 var connectV4 = []byte{0x10, 13, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, 1, 'b'}
 
 func rawConnect(e *env, cert tls.Certificate) (*tls.Conn, error) {
+	return rawConnectWith(e, cert, &net.Dialer{})
+}
+
+// rawConnectWith is rawConnect through d.
+func rawConnectWith(e *env, cert tls.Certificate, d *net.Dialer) (*tls.Conn, error) {
 	cfg := e.clientTLS(&cert)
 	cfg.ClientSessionCache = nil
 	// As an ESP32 (mbedTLS): X25519 or P-256, no post-quantum key share.
 	cfg.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
-	conn, err := tls.Dial("tcp", e.addr, cfg)
+	conn, err := tls.DialWithDialer(d, "tcp", e.addr, cfg)
 	if err != nil {
 		return nil, err
 	}

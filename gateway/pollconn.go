@@ -6,17 +6,54 @@ import (
 	"syscall"
 )
 
-// pollConn is the connection under a session's tls.Conn. With nonblock set
-// its reads fail at once, without a system call, so that a tls.Conn.Read
-// made then returns only what crypto/tls has buffered already (decrypted
-// bytes, or whole records it read from the socket ahead): the one thing a
-// look at the socket cannot tell. crypto/tls treats the error as temporary
-// and keeps a partly read record for the next read. See (*session).nextByte.
+// pollConn is the connection under a session's tls.Conn. It changes two
+// things, each only while its flag is set by the session:
+//
+// With nonblock set its reads fail at once, without a system call, so that
+// a tls.Conn.Read made then returns only what crypto/tls has buffered
+// already (decrypted bytes, or whole records it read from the socket
+// ahead): the one thing a look at the socket cannot tell. crypto/tls treats
+// the error as temporary and keeps a partly read record for the next read.
+// See (*session).buffered.
+//
+// With tryWrite set a write never waits: what the socket does not take at
+// once (its send buffer full: a device that stopped reading) is kept in
+// rest and reported written, for the writer to send later from a goroutine
+// of its own (see (*session).completeAsync). crypto/tls cannot be given a
+// short write (it would fail the connection for good), so the rest must
+// belong to the connection. The acker uses it: one non-blocking write
+// instead of asking the kernel first how full the send queue is (an ioctl
+// per message) and then writing.
 type pollConn struct {
 	net.Conn
+	rc syscall.RawConn // the socket; nil if not one (tryWrite then waits)
+
 	// nonblock is set and cleared by the session's reading goroutine
 	// around one read; nothing else reads through the connection.
 	nonblock bool
+
+	// tryWrite and rest are guarded by the session's writeMu: set around
+	// one write, rest is non-empty only until the writer holding writeMu
+	// sent it (finishWrite).
+	tryWrite bool
+	rest     []byte
+}
+
+func newPollConn(c net.Conn) *pollConn {
+	return &pollConn{Conn: c, rc: rawConnOf(c)}
+}
+
+// rawConnOf returns the socket under nc, or nil.
+func rawConnOf(nc any) syscall.RawConn {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
 }
 
 // errNothingBuffered is the temporary error of a read made with nonblock.
@@ -33,6 +70,28 @@ func (p *pollConn) Read(b []byte) (int, error) {
 		return 0, errNothingBuffered
 	}
 	return p.Conn.Read(b)
+}
+
+func (p *pollConn) Write(b []byte) (int, error) {
+	if !p.tryWrite || p.rc == nil {
+		return p.Conn.Write(b)
+	}
+	n, err := writeNow(p.rc, b)
+	if err != nil {
+		return n, err
+	}
+	if n < len(b) {
+		p.rest = append(p.rest[:0], b[n:]...)
+	}
+	return len(b), nil
+}
+
+// finishWrite sends what a tryWrite left, waiting as a plain write does
+// (under the write deadline). The caller holds writeMu.
+func (p *pollConn) finishWrite() error {
+	_, err := p.Conn.Write(p.rest)
+	p.rest = nil
+	return err
 }
 
 // SyscallConn exposes the socket, for socketWatch.

@@ -109,6 +109,7 @@ type Server struct {
 	maxPacket int // largest PUBLISH read into memory
 
 	packets    atomic.Uint64 // packets read from devices since start
+	ackRests   atomic.Uint64 // acknowledgement records the socket did not take at once (ackpath.go)
 	handshakes atomic.Uint64 // TLS handshakes attempted since start
 
 	fw fwCache // firmware packages being served (gateway/ota.go)
@@ -595,7 +596,7 @@ func (s *Server) serveConn(c net.Conn) {
 		s.cut(addr, CutHandshakeTimout)
 		return
 	}
-	tc := tls.Server(&pollConn{Conn: c}, s.tlsConf)
+	tc := tls.Server(newPollConn(c), s.tlsConf)
 	c.SetDeadline(deadline)
 	err = tc.HandshakeContext(ctx)
 	s.handshakes.Add(1)

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -118,6 +117,7 @@ type session struct {
 
 	writeMu sync.Mutex // leaf lock: one writer on conn at a time
 	wdl     time.Time  // the write deadline last set; guarded by writeMu
+	ackBuf  [64]byte   // the acker's PUBACKs; guarded by writeMu
 
 	// mu guards the fields below. Lock order: Server.mu, then session.mu.
 	mu        sync.Mutex
@@ -149,9 +149,8 @@ type session struct {
 	inAsync    int
 	outq       [][]*work
 	outBusy    bool
-	asyncGroup []*work         // read, not yet handed to the store; the reading goroutine's
-	ackerIdx   int             // the acker of this session's completions
-	rc         syscall.RawConn // the socket, for sendRoom; nil if unknown
+	asyncGroup []*work // read, not yet handed to the store; the reading goroutine's
+	ackerIdx   int     // the acker of this session's completions
 	// The flusher's store context, reused across bursts (see flushCtx).
 	// Only the one running flusher (flushing=true) touches these.
 	fctx    context.Context
@@ -182,7 +181,6 @@ type session struct {
 func newSession(s *Server, c *tls.Conn, addr string) *session {
 	ss := &session{srv: s, conn: c, addr: addr, done: make(chan struct{}), finished: make(chan struct{}), ready: make(chan struct{})}
 	_, ss.idleWait = socketWatch(c.NetConn())
-	ss.rc = rawConnOf(c.NetConn())
 	if n := len(s.ackers); n > 0 {
 		ss.ackerIdx = int(s.nextAcker.Add(1) % uint64(n))
 	}
@@ -395,17 +393,21 @@ func (ss *session) writeBytes(d time.Duration, b []byte) error {
 
 // writeLocked writes b with writeMu held.
 func (ss *session) writeLocked(d time.Duration, b []byte) error {
-	// The deadline is moved only when less than half of d is left (or a
-	// shorter one was set), not for every write: a write still fails after
-	// d/2 to d of being stuck.
-	if now := time.Now(); ss.wdl.Before(now.Add(d/2)) || ss.wdl.After(now.Add(d)) {
-		ss.wdl = now.Add(d)
-		ss.conn.SetWriteDeadline(ss.wdl)
-	}
+	ss.writeDeadlineLocked(d)
 	if _, err := ss.conn.Write(b); err != nil {
 		return fmt.Errorf("gateway: writing to %s: %w", ss.addr, err)
 	}
 	return nil
+}
+
+// writeDeadlineLocked lets the next write wait d/2 to d: the deadline is
+// moved only when less than half of d is left (or a shorter one was set),
+// not for every write. The caller holds writeMu.
+func (ss *session) writeDeadlineLocked(d time.Duration) {
+	if now := time.Now(); ss.wdl.Before(now.Add(d/2)) || ss.wdl.After(now.Add(d)) {
+		ss.wdl = now.Add(d)
+		ss.conn.SetWriteDeadline(ss.wdl)
+	}
 }
 
 // writePlainAcks writes successful PUBACKs and PUBRECs without the codec:
