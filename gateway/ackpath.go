@@ -224,6 +224,9 @@ func (ss *session) tryAcksLocked(ws []*work) {
 		ss.acked(ws, nil)
 		return
 	}
+	// The deadline does not make this write wait, but one that passed
+	// would fail it: kept ahead, as for any write.
+	ss.writeDeadlineLocked(ss.srv.timeout)
 	ss.pc.tryWrite = true
 	_, err := ss.conn.Write(buf)
 	ss.pc.tryWrite = false

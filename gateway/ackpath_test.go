@@ -30,7 +30,9 @@ func publishV4(pid uint16, payload string) []byte {
 // acknowledgements go through drainAcks, still in order and only once
 // stored.
 func TestAsyncAcknowledgements(t *testing.T) {
-	e := newEnv(t, nil)
+	// A short write timeout: the acknowledgements below come after the
+	// deadline set when CONNACK was written has passed.
+	e := newEnv(t, func(_ *env, c *Config) { c.Timeout = 500 * time.Millisecond })
 	if len(e.srv.ackers) == 0 {
 		t.Fatal("the SQLite store offers asynchronous appends; the gateway does not use them")
 	}
@@ -58,6 +60,7 @@ func TestAsyncAcknowledgements(t *testing.T) {
 		return n
 	}
 	ran0 := ran()
+	time.Sleep(time.Second)
 	for pid := uint16(1); pid <= 20; pid++ {
 		if _, err := conn.Write(publishV4(pid, fmt.Sprintf(`{"ts":%d,"values":{"n":%d}}`, 1000+int(pid), pid))); err != nil {
 			t.Fatal(err)
