@@ -10,8 +10,9 @@ type AsyncAppender interface {
 	// AppendTelemetryAsync queues recs and returns; it blocks only while
 	// the store's queue is full. done runs exactly once, when recs are
 	// durably stored (err nil, with AppendTelemetry's guarantee) or have
-	// failed. The done functions of one caller's appends run in the order
-	// of the calls, one at a time, on a goroutine of the store that other
-	// appends wait for: done must not block.
+	// failed. The records of one call are of one device, and the done
+	// functions of one device's appends run in the order of the calls, one
+	// at a time, on a goroutine of the store that other appends wait for:
+	// done must not block.
 	AppendTelemetryAsync(recs []Record, done func(err error))
 }

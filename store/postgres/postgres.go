@@ -59,8 +59,12 @@ type Store struct {
 	closeMu sync.RWMutex
 	closed  bool
 	ops     chan *appendOp
-	quit    chan struct{}
-	wg      sync.WaitGroup
+	// async holds each writer's queue of AppendTelemetryAsync: a device's
+	// appends always go to the same writer, which commits its batches one
+	// after the other, so that their completions run in order.
+	async []chan *appendOp
+	quit  chan struct{}
+	wg    sync.WaitGroup
 
 	batches, records atomic.Int64
 	commitNanos      atomic.Int64
@@ -132,9 +136,10 @@ func OpenOptions(ctx context.Context, url string, opt Options) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
-	for range opt.Writers {
+	for i := range opt.Writers {
+		s.async = append(s.async, make(chan *appendOp, opt.MaxBatch))
 		s.wg.Add(1)
-		go s.writer()
+		go s.writer(s.async[i])
 	}
 	return s, nil
 }
@@ -273,19 +278,34 @@ type appendOp struct {
 	recs []store.Record
 	err  error
 	done chan struct{}
+	cb   func(error) // instead of done: AppendTelemetryAsync
 }
 
-func (s *Store) writer() {
+// finish reports o's outcome to its caller.
+func (o *appendOp) finish() {
+	if o.cb != nil {
+		o.cb(o.err)
+		return
+	}
+	close(o.done)
+}
+
+// writer commits the appends of the shared queue and of its own (async).
+func (s *Store) writer(async chan *appendOp) {
 	defer s.wg.Done()
 	batch := make([]*appendOp, 0, s.opt.MaxBatch)
 	for {
 		var first *appendOp
 		select {
 		case first = <-s.ops:
+		case first = <-async:
 		case <-s.quit:
+			// Close holds no sender any more: commit what was queued.
 			for {
 				select {
 				case o := <-s.ops:
+					s.commit([]*appendOp{o})
+				case o := <-async:
 					s.commit([]*appendOp{o})
 				default:
 					return
@@ -298,6 +318,9 @@ func (s *Store) writer() {
 		for n < s.opt.MaxBatch {
 			select {
 			case o := <-s.ops:
+				batch = append(batch, o)
+				n += len(o.recs)
+			case o := <-async:
 				batch = append(batch, o)
 				n += len(o.recs)
 			default:
@@ -321,7 +344,7 @@ func (s *Store) commit(batch []*appendOp) {
 	for _, o := range batch {
 		if err := o.ctx.Err(); err != nil {
 			o.err = err
-			close(o.done)
+			o.finish()
 			continue
 		}
 		live = append(live, o)
@@ -392,7 +415,7 @@ func (s *Store) commit(batch []*appendOp) {
 	}
 	for _, o := range live {
 		o.err = err
-		close(o.done)
+		o.finish()
 	}
 }
 
@@ -421,6 +444,28 @@ func (s *Store) AppendTelemetry(ctx context.Context, recs []store.Record) error 
 		return ctx.Err()
 	}
 }
+
+// AppendTelemetryAsync implements store.AsyncAppender: done runs on a
+// writer goroutine once the transaction holding recs committed (or
+// failed). The records of one call are one device's; a device's appends go
+// to one writer, whose batches commit one after the other.
+func (s *Store) AppendTelemetryAsync(recs []store.Record, done func(error)) {
+	if len(recs) == 0 {
+		done(nil)
+		return
+	}
+	o := &appendOp{ctx: context.Background(), recs: recs, cb: done}
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
+		done(store.ErrClosed)
+		return
+	}
+	s.async[uint64(recs[0].DeviceID)%uint64(len(s.async))] <- o
+	s.closeMu.RUnlock()
+}
+
+var _ store.AsyncAppender = (*Store)(nil)
 
 // checkOpen makes every other method fail with store.ErrClosed after Close.
 func (s *Store) checkOpen() error {

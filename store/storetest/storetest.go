@@ -46,6 +46,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("TelemetryModel", func(t *testing.T) { testTelemetryModel(t, open(t)) })
 	t.Run("TelemetryConcurrent", func(t *testing.T) { testTelemetryConcurrent(t, open(t)) })
 	t.Run("TelemetryCancel", func(t *testing.T) { testTelemetryCancel(t, open(t)) })
+	t.Run("AsyncAppend", func(t *testing.T) { testAsyncAppend(t, open(t)) })
 	t.Run("OTA", func(t *testing.T) { testOTA(t, open(t)) })
 	t.Run("DeleteRecreate", func(t *testing.T) { testDeleteRecreate(t, open(t)) })
 	t.Run("Alarms", func(t *testing.T) { testAlarms(t, open(t)) })
