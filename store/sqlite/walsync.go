@@ -1,7 +1,5 @@
 package sqlite
 
-import "os"
-
 // walSyncer makes the write-ahead log's written pages durable: the
 // syncer's one fsync per group commit.
 //
@@ -22,9 +20,3 @@ type walSyncer interface {
 	// Close ends the syncer; the file stays open (its owner closes it).
 	Close() error
 }
-
-// plainSyncer syncs on the calling goroutine.
-type plainSyncer struct{ f *os.File }
-
-func (p plainSyncer) Sync() error  { return p.f.Sync() }
-func (p plainSyncer) Close() error { return nil }
