@@ -21,14 +21,28 @@ import (
 // fleet: memory counts, and a storm of connections collected lazily would
 // leave each session's long-lived state scattered over more memory than
 // the quiet node gets back (measured: 18.4 instead of 16.0 KB per idle
-// connection at 15,000). (docs/benchmarks.md has the figures.)
+// connection at 15,000).
+//
+// Messages streaming without a storm are different: their garbage is the
+// messages' own, short-lived, so a lazy collection scatters no long-lived
+// state. There the cost of collecting is latency: a collection's marking
+// lasted 200–300 ms at 10,000 devices × 1 msg/s on two cores (a live heap of
+// 130 MB, mostly the connections' TLS state), one every 6 s at GOGC 100,
+// and acknowledgements made meanwhile took tens to hundreds of
+// milliseconds: the p99 (docs/benchmarks.md). So a streaming node collects
+// with up to gcStreamHeadroom of garbage (GOGC up to 400: at that shape
+// 430 → about 720 MB resident, a collection every 25 s), and at the
+// default rate once its live heap is so large that the headroom is less
+// than it. (docs/benchmarks.md has the figures.)
 const (
 	gcQuietPercent   = 40
 	gcBusyPercent    = 100
 	gcLazyPercent    = 200
 	gcLazyHeap       = 64 << 20 // live heap up to which a busy node collects lazily
-	gcBusyPackets    = 2000     // packets per second above which the node is busy
-	gcBusyHandshakes = 50       // or handshakes per second: a reconnect storm allocates a lot
+	gcStreamPercent  = 400
+	gcStreamHeadroom = 512 << 20 // garbage a streaming node lets grow between collections
+	gcBusyPackets    = 2000      // packets per second above which the node is busy
+	gcBusyHandshakes = 50        // or handshakes per second: a reconnect storm allocates a lot
 	gcInterval       = time.Second
 	gcQuietAfter     = 3 // intervals of light traffic before collecting eagerly
 )
@@ -36,16 +50,29 @@ const (
 // gcTarget is the policy: the GC percent for one interval's traffic and
 // live heap, given how many intervals in a row (quiet) were light before.
 func gcTarget(current, quiet int, packetsPerS, handshakesPerS float64, liveHeap uint64) (want, quietAfter int) {
-	if packetsPerS > gcBusyPackets || handshakesPerS > gcBusyHandshakes {
+	if handshakesPerS > gcBusyHandshakes {
 		if liveHeap < gcLazyHeap {
 			return gcLazyPercent, 0
 		}
 		return gcBusyPercent, 0
 	}
+	if packetsPerS > gcBusyPackets {
+		return streamPercent(liveHeap), 0
+	}
 	if quiet++; quiet >= gcQuietAfter {
 		return gcQuietPercent, quiet
 	}
 	return current, quiet
+}
+
+// streamPercent is the GC percent of a streaming node with liveHeap live:
+// gcStreamHeadroom of garbage, within [gcBusyPercent, gcStreamPercent].
+func streamPercent(liveHeap uint64) int {
+	if liveHeap == 0 {
+		return gcStreamPercent
+	}
+	p := uint64(gcStreamHeadroom) * 100 / liveHeap
+	return int(max(gcBusyPercent, min(gcStreamPercent, p)))
 }
 
 // governGC adjusts the GC target from the device traffic until ctx is done.

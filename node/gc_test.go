@@ -3,7 +3,7 @@ package node
 import "testing"
 
 func TestGCTarget(t *testing.T) {
-	const small, large = 8 << 20, 256 << 20
+	const small, large, huge = 8 << 20, 256 << 20, 1 << 30
 	for _, c := range []struct {
 		name              string
 		current, quiet    int
@@ -11,8 +11,10 @@ func TestGCTarget(t *testing.T) {
 		heap              uint64
 		want, wantQuietAt int
 	}{
-		{"messages streaming, small heap", gcQuietPercent, 5, 50000, 0, small, gcLazyPercent, 0},
-		{"messages streaming, large heap", gcQuietPercent, 5, 50000, 0, large, gcBusyPercent, 0},
+		{"messages streaming, small heap", gcQuietPercent, 5, 50000, 0, small, gcStreamPercent, 0},
+		{"messages streaming, large heap: the headroom", gcQuietPercent, 5, 50000, 0, large, 200, 0},
+		{"messages streaming, huge heap", gcStreamPercent, 0, 50000, 0, huge, gcBusyPercent, 0},
+		{"messages and a storm", gcStreamPercent, 0, 50000, 1500, large, gcBusyPercent, 0},
 		{"connection storm, small heap", gcBusyPercent, 0, 100, 1500, small, gcLazyPercent, 0},
 		{"connection storm, large heap", gcLazyPercent, 0, 100, 1500, large, gcBusyPercent, 0},
 		{"first light interval keeps the target", gcLazyPercent, 0, 10, 1, small, gcLazyPercent, 1},
