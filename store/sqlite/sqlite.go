@@ -109,6 +109,9 @@ type Store struct {
 	tail tail
 
 	// Owned by the writer goroutine.
+	addBuf      []tailAdd // a batch's records, reused
+	endBuf      []int     // where each record's values end in the batch's chunk
+	logBuf      []byte    // a batch's encoded log rows, reused
 	nextSeq     int64
 	lastCompact time.Time
 	cur         *compaction // in progress, or nil
@@ -666,13 +669,20 @@ func (s *Store) commitTx(batch []*op) (compact bool) {
 	if err != nil {
 		return fail(fmt.Errorf("sqlite: beginning: %w", err))
 	}
-	var added []tailAdd
+	// The batch's records, their encoded values in one allocation (they
+	// live in the tail until the next compaction, and a few large objects
+	// cost the collector less than one small one per record).
+	added := s.addBuf[:0]
+	chunk := make([]byte, 0, 64*max(len(live), 16))
+	ends := s.endBuf[:0]
 	var sp, release, rollback *sql.Stmt
 	for _, o := range live {
 		compact = compact || o.compact
 		if o.fn == nil {
 			for _, r := range o.recs {
-				added = append(added, tailAdd{dev: r.DeviceID, rec: tailRec{seq: s.nextSeq, ts: r.TS, kvs: appendKVs(nil, r.Values)}})
+				chunk = appendKVs(chunk, r.Values)
+				ends = append(ends, len(chunk))
+				added = append(added, tailAdd{dev: r.DeviceID, rec: tailRec{seq: s.nextSeq, ts: r.TS}})
 				s.nextSeq++
 			}
 			continue
@@ -710,7 +720,14 @@ func (s *Store) commitTx(batch []*op) (compact bool) {
 			return fail(fmt.Errorf("sqlite: releasing savepoint: %w", err))
 		}
 	}
-	if err := insertLog(ctx, tx, added); err != nil {
+	start0 := 0
+	for i, end := range ends {
+		added[i].rec.kvs = chunk[start0:end:end]
+		start0 = end
+	}
+	s.addBuf, s.endBuf = added[:0], ends[:0]
+	defer clear(added) // the writer's buffer must not keep records alive
+	if s.logBuf, err = insertLog(ctx, tx, added, s.logBuf[:0]); err != nil {
 		tx.Rollback()
 		s.nextSeq = seq0
 		return fail(err)
@@ -846,9 +863,9 @@ func (s *Store) checkpointer() {
 // the memory a reader of one needs) moderate.
 const logRecordsPerRow = 1024
 
-// insertLog writes rows (consecutive seqs) as log rows.
-func insertLog(ctx context.Context, tx *sql.Tx, rows []tailAdd) error {
-	var buf []byte
+// insertLog writes rows (consecutive seqs) as log rows, encoding them in
+// buf, which it returns for the next batch.
+func insertLog(ctx context.Context, tx *sql.Tx, rows []tailAdd, buf []byte) ([]byte, error) {
 	for len(rows) > 0 {
 		n := min(len(rows), logRecordsPerRow)
 		buf = buf[:0]
@@ -856,9 +873,9 @@ func insertLog(ctx context.Context, tx *sql.Tx, rows []tailAdd) error {
 			buf = appendLogRecord(buf, r.dev, r.rec.ts, r.rec.kvs)
 		}
 		if _, err := tx.ExecContext(ctx, "INSERT INTO tlog(seq, n, data) VALUES (?, ?, ?)", rows[0].rec.seq, n, buf); err != nil {
-			return fmt.Errorf("sqlite: appending telemetry: %w", err)
+			return buf, fmt.Errorf("sqlite: appending telemetry: %w", err)
 		}
 		rows = rows[n:]
 	}
-	return nil
+	return buf, nil
 }
