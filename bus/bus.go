@@ -98,3 +98,12 @@ type Bus interface {
 type Watcher interface {
 	Watched(topic string) bool
 }
+
+// Buffered is implemented by buses whose Publish hands the message over
+// without running or waiting for any subscriber (a networked bus writes to
+// its connection's buffer): a publisher on a path shared by many devices
+// (the gateway's acknowledgements from the store's commit path) may then
+// publish there.
+type Buffered interface {
+	PublishBuffered()
+}

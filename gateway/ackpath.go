@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -100,14 +101,30 @@ func (a *acker) stop() {
 }
 
 // asyncOK tells whether w can take the asynchronous path: plain telemetry,
-// a store that supports it, and no live listener to publish it to (a bus
-// subscriber's work must not hold up every session's acknowledgements).
+// a store that supports it, and a bus on which publishing it live costs
+// the acker nothing: no in-process listener (a subscriber's work must not
+// hold up every session's acknowledgements), or a buffered bus (NATS),
+// which the acker publishes on after the acknowledgements.
 func (ss *session) asyncOK(w *work) bool {
 	if ss.srv.async == nil || len(w.recs) == 0 || len(w.attrs) > 0 || w.fn != nil || w.reason != codeSuccess {
 		return false
 	}
+	if _, ok := ss.srv.bus.(bus.Buffered); ok {
+		return true
+	}
 	wt, ok := ss.srv.bus.(bus.Watcher)
 	return ok && !wt.Watched(bus.TopicTelemetry)
+}
+
+// publishAsync publishes ws's stored telemetry live on a buffered bus,
+// after their acknowledgements, as the flusher does.
+func (ss *session) publishAsync(ws []*work) {
+	if _, ok := ss.srv.bus.(bus.Buffered); !ok {
+		return
+	}
+	for _, w := range ws {
+		ss.publishLive(context.Background(), w.recs)
+	}
 }
 
 // submitAsync hands the telemetry read since the last wait (counted by
@@ -152,6 +169,7 @@ func (ss *session) completeAsync(ws []*work, err error) {
 			ss.obs.Handled(w.recs, now)
 		}
 	}
+	defer ss.publishAsync(ws)
 	ss.ackMu.Lock()
 	if ss.outBusy {
 		ss.outq = append(ss.outq, ws)

@@ -257,6 +257,12 @@ func (b *Bus) Publish(ctx context.Context, topic string, data []byte) error {
 	return nil
 }
 
+// PublishBuffered implements bus.Buffered: Publish appends to the
+// connection's write buffer, which the client flushes on its own.
+func (b *Bus) PublishBuffered() {}
+
+var _ bus.Buffered = (*Bus)(nil)
+
 // Subscribe implements bus.Bus.
 func (b *Bus) Subscribe(topic string, fn func([]byte)) (func(), error) {
 	sub, err := b.nc.Subscribe(b.prefix+".topic."+topic, func(m *nats.Msg) { fn(m.Data) })
