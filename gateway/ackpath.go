@@ -109,17 +109,16 @@ func (ss *session) asyncOK(w *work) bool {
 	if ss.srv.async == nil || len(w.recs) == 0 || len(w.attrs) > 0 || w.fn != nil || w.reason != codeSuccess {
 		return false
 	}
-	if _, ok := ss.srv.bus.(bus.Buffered); ok {
+	if ss.srv.buffered {
 		return true
 	}
-	wt, ok := ss.srv.bus.(bus.Watcher)
-	return ok && !wt.Watched(bus.TopicTelemetry)
+	return ss.srv.watcher != nil && !ss.srv.watcher.Watched(bus.TopicTelemetry)
 }
 
 // publishAsync publishes ws's stored telemetry live on a buffered bus,
 // after their acknowledgements, as the flusher does.
 func (ss *session) publishAsync(ws []*work) {
-	if _, ok := ss.srv.bus.(bus.Buffered); !ok {
+	if !ss.srv.buffered {
 		return
 	}
 	for _, w := range ws {

@@ -91,7 +91,10 @@ type Server struct {
 	profile *compiledProfile
 	st      store.Store
 	async   store.AsyncAppender // st, if it can complete appends itself (ackpath.go)
-	ackers  []*acker
+	// The bus's optional abilities, resolved once rather than per message.
+	watcher  bus.Watcher // nil if the bus cannot tell who listens
+	buffered bool        // the bus implements bus.Buffered
+	ackers   []*acker
 	// nextAcker spreads sessions over the ackers.
 	nextAcker atomic.Uint64
 	bus       bus.Bus
@@ -259,6 +262,8 @@ func New(cfg Config) (*Server, error) {
 	if aa, ok := cfg.Store.(store.AsyncAppender); ok {
 		s.async, s.ackers = aa, newAckers()
 	}
+	s.watcher, _ = s.bus.(bus.Watcher)
+	_, s.buffered = s.bus.(bus.Buffered)
 	return s, nil
 }
 

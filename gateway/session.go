@@ -1316,7 +1316,7 @@ func (ss *session) ack(typ byte, w *work) *packets.Packet {
 // record: {"device":..,"ts":..,"values":{..}}. It is on the hot path, so
 // the JSON is assembled by hand from the already-valid value texts.
 func (ss *session) publishLive(ctx context.Context, recs []store.Record) {
-	if w, ok := ss.srv.bus.(bus.Watcher); ok && !w.Watched(bus.TopicTelemetry) {
+	if w := ss.srv.watcher; w != nil && !w.Watched(bus.TopicTelemetry) {
 		return
 	}
 	name := appendJSONString(nil, ss.dev.Name)
