@@ -76,6 +76,11 @@ func (p *pollConn) Write(b []byte) (int, error) {
 	if !p.tryWrite || p.rc == nil {
 		return p.Conn.Write(b)
 	}
+	if len(p.rest) > 0 {
+		// A record after one the socket did not take whole: behind it.
+		p.rest = append(p.rest, b...)
+		return len(b), nil
+	}
 	n, err := writeNow(p.rc, b)
 	if err != nil {
 		return n, err
