@@ -6,8 +6,13 @@ import (
 	"os"
 
 	"github.com/thingline/thingline/cli"
+	"github.com/thingline/thingline/node"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "serve" {
+		// Before anything is opened: it may re-execute the process.
+		node.TuneSysmon()
+	}
 	os.Exit(cli.Main(os.Args[1:]))
 }
