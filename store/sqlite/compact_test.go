@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/thingline/thingline/store"
 )
@@ -117,5 +118,76 @@ func TestCompactionInterrupted(t *testing.T) {
 	}
 	if st := s.Stats(); st.TailRecords != 0 || st.CompactFailures != 0 || marks != 0 {
 		t.Errorf("after a whole compaction: %+v, %d device marks left", st, marks)
+	}
+}
+
+// TestCompactionStepsSpaced checks that a compaction in progress leaves the
+// writer to the appends most of the time (compactPause): its steps, run by
+// the writer on its own, take at most about a fifth of the compaction's
+// wall time; and that a tail grown past twice CompactRecords is compacted
+// without pauses.
+func TestCompactionStepsSpaced(t *testing.T) {
+	saved := compactStepTime
+	compactStepTime = 0 // one device per step
+	defer func() { compactStepTime = saved }()
+
+	ctx := context.Background()
+	const devices = 60
+	s, err := OpenOptions(ctx, filepath.Join(t.TempDir(), "thingline.db"),
+		Options{CompactRecords: 1_000_000, CompactInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var recs []store.Record
+	for i := 0; i < devices; i++ {
+		d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("d%02d", i)}, store.Credential{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for ts := int64(1); ts <= 3; ts++ {
+			recs = append(recs, store.Record{DeviceID: d.ID, TS: ts, Values: []store.KV{{Key: "v", Value: json.RawMessage("1")}}})
+		}
+	}
+	if err := s.AppendTelemetry(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+
+	var waitAfterStep, waitBigTail time.Duration
+	begin := time.Now()
+	err = s.do(ctx, &op{exclusive: func(context.Context, *sql.Conn) error {
+		s.beginCompaction()
+		s.compactStep()
+		waitAfterStep = s.stepWait(time.Now())
+		// The same tail against a CompactRecords it is twice over.
+		saved := s.opt.CompactRecords
+		s.opt.CompactRecords = devices
+		waitBigTail = s.stepWait(time.Now())
+		s.opt.CompactRecords = saved
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if waitAfterStep <= 0 {
+		t.Errorf("right after a step the next waits %v; want a pause", waitAfterStep)
+	}
+	if waitBigTail != 0 {
+		t.Errorf("with the tail twice CompactRecords the next step waits %v; want none", waitBigTail)
+	}
+	// The writer runs the remaining steps on its own.
+	deadline := time.Now().Add(30 * time.Second)
+	for s.Stats().Compactions == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the compaction did not finish in 30s: %+v", s.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	wall, busy := time.Since(begin), s.Stats().CompactTime
+	if wall < 3*busy {
+		t.Errorf("compaction of %d devices took %v, %v of it in steps; want steps at most a third of the time", devices, wall, busy)
+	}
+	if n := s.tail.size(); n != 0 {
+		t.Errorf("tail holds %d records after the compaction; want 0", n)
 	}
 }

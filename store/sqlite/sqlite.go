@@ -115,6 +115,7 @@ type Store struct {
 	nextSeq     int64
 	lastCompact time.Time
 	cur         *compaction // in progress, or nil
+	nextStep    time.Time   // the earliest of its next step (compactPause)
 
 	batches, records, syncs, compactions, compactFailures atomic.Int64
 	commitNanos, syncNanos, compactNanos                  atomic.Int64
@@ -529,19 +530,31 @@ func (s *Store) writer() {
 	gap := time.NewTimer(time.Hour)
 	gap.Stop()
 	defer gap.Stop()
+	stepT := time.NewTimer(time.Hour)
+	stepT.Stop()
+	defer stepT.Stop()
 	var lastCommit time.Time
 	defer timer.Stop()
 	for {
 		var first *op
 		// While a compaction is in progress its steps run between batches,
-		// and whenever no write waits.
+		// and whenever no write waits, spaced (compactPause).
 		var step chan struct{}
+		var stepLater <-chan time.Time
 		if s.cur != nil {
-			step = stepNow
+			if w := s.stepWait(time.Now()); w <= 0 {
+				step = stepNow
+			} else {
+				stepT.Reset(w)
+				stepLater = stepT.C
+			}
 		}
 		select {
 		case first = <-s.ops:
 		case <-step:
+			s.maybeCompact(false)
+			continue
+		case <-stepLater:
 			s.maybeCompact(false)
 			continue
 		case <-timer.C:
