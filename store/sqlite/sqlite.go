@@ -524,7 +524,7 @@ func (s *Store) writeSingle(ctx context.Context, fn func(ctx context.Context, tx
 func (s *Store) writer() {
 	defer close(s.done)
 	batch := make([]*op, 0, s.opt.MaxBatch)
-	stepNow := make(chan struct{})
+	stepNow := make(chan time.Time)
 	close(stepNow)
 	timer := time.NewTimer(s.opt.CompactInterval)
 	gap := time.NewTimer(time.Hour)
@@ -539,22 +539,18 @@ func (s *Store) writer() {
 		var first *op
 		// While a compaction is in progress its steps run between batches,
 		// and whenever no write waits, spaced (compactPause).
-		var step chan struct{}
-		var stepLater <-chan time.Time
+		var step <-chan time.Time
 		if s.cur != nil {
 			if w := s.stepWait(time.Now()); w <= 0 {
 				step = stepNow
 			} else {
 				stepT.Reset(w)
-				stepLater = stepT.C
+				step = stepT.C
 			}
 		}
 		select {
 		case first = <-s.ops:
 		case <-step:
-			s.maybeCompact(false)
-			continue
-		case <-stepLater:
 			s.maybeCompact(false)
 			continue
 		case <-timer.C:

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -26,7 +27,7 @@ func TestServeTunesSysmon(t *testing.T) {
 			godebug = append(godebug, string(v))
 		}
 	}
-	if len(godebug) != 1 || !bytes.Contains([]byte(godebug[0]), []byte("schedtrace=2147483647")) {
+	if len(godebug) != 1 || !strings.Contains(godebug[0], "schedtrace=2147483647") {
 		t.Fatalf("the server's GODEBUG is %q, want one with schedtrace=2147483647", godebug)
 	}
 	if code := s.api("GET", "/api/v1/devices", "", nil); code != 200 {
