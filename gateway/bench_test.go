@@ -85,10 +85,17 @@ func BenchmarkHandshake(b *testing.B) {
 
 // BenchmarkPublishQoS1 measures durably acknowledged QoS 1 telemetry:
 // several connections, each with up to 200 unacknowledged messages.
-func BenchmarkPublishQoS1(b *testing.B) {
+func BenchmarkPublishQoS1(b *testing.B) { benchPublish(b, 16, 200) }
+
+// BenchmarkPublishOneInFlight is the device's way: each connection sends
+// its next message once the last is acknowledged, so nothing is batched
+// per connection (compare the allocations per message with a profile:
+// go test -bench OneInFlight -memprofile).
+func BenchmarkPublishOneInFlight(b *testing.B) { benchPublish(b, 64, 1) }
+
+func benchPublish(b *testing.B, conns, window int) {
 	e := newEnv(&testing.T{}, nil)
 	b.Cleanup(func() { e.srv.Close() })
-	const conns, window = 16, 200
 	cl := make([]*tls.Conn, conns)
 	for i := range cl {
 		cert, _ := e.inter.device(b, fmt.Sprintf("SN-P%04d", i))

@@ -37,6 +37,13 @@ type pollConn struct {
 	// sent it (finishWrite).
 	tryWrite bool
 	rest     []byte
+
+	// writeNow's state, also guarded by writeMu: the callback made once
+	// and what it writes.
+	writeFn func(fd uintptr) bool
+	wb      []byte
+	wn      int
+	werr    error
 }
 
 func newPollConn(c net.Conn) *pollConn {
@@ -81,7 +88,7 @@ func (p *pollConn) Write(b []byte) (int, error) {
 		p.rest = append(p.rest, b...)
 		return len(b), nil
 	}
-	n, err := writeNow(p.rc, b)
+	n, err := p.writeNow(b)
 	if err != nil {
 		return n, err
 	}

@@ -76,6 +76,12 @@ type work struct {
 	fn        func(ctx context.Context) // runs after the store writes of the same batch
 	reason    byte
 	reasonStr string
+
+	// Room for the usual message, one record handed to the store alone:
+	// recs and the group passed to the store then cost no allocations of
+	// their own (see parseTelemetry and enqueue).
+	one  [1]store.Record
+	self [1]*work
 }
 
 type subState struct {
@@ -212,8 +218,9 @@ func (ss *session) readFull(b []byte) error {
 		if err == nil {
 			return nil
 		}
-		var ne net.Error
-		if ss.lingering && errors.As(err, &ne) && ne.Timeout() && !ss.closing.Load() {
+		// (isTimeout, not errors.As here: its target would be allocated
+		// on every read, error or not.)
+		if ss.lingering && isTimeout(err) && !ss.closing.Load() {
 			ss.setKeepAliveDeadline() // clears lingering: once only
 			continue
 		}
@@ -227,11 +234,17 @@ func (ss *session) readFull(b []byte) error {
 func (ss *session) readFixedHeader() (packets.FixedHeader, error) { return readFixedHeader(ss) }
 
 func readFixedHeader(r io.ByteReader) (packets.FixedHeader, error) {
-	var fh packets.FixedHeader
 	hb, err := r.ReadByte()
 	if err != nil {
-		return fh, err
+		return packets.FixedHeader{}, err
 	}
+	return fixedHeaderAfter(hb, r)
+}
+
+// fixedHeaderAfter decodes a fixed header whose first byte, hb, was read
+// already, reading the remaining length from r.
+func fixedHeaderAfter(hb byte, r io.ByteReader) (packets.FixedHeader, error) {
+	var fh packets.FixedHeader
 	if err := fh.Decode(hb); err != nil {
 		return fh, fmt.Errorf("%w: %v", errMalformed, err)
 	}
@@ -582,7 +595,7 @@ func (ss *session) loop() (ended bool) {
 			ss.readFailed(err)
 			return true
 		}
-		fh, err := readFixedHeader(&prefixedByteReader{first: first, r: ss})
+		fh, err := fixedHeaderAfter(first, ss)
 		if err != nil {
 			ss.readFailed(err)
 			return true
@@ -669,8 +682,7 @@ func (ss *session) nextByte() (b byte, idle bool, err error) {
 	// readFull extends if the packet is slow to arrive.
 	ss.lingering = err == nil
 	ss.sent = ss.sent || err == nil
-	var ne net.Error
-	if err == nil || !errors.As(err, &ne) || !ne.Timeout() || ss.closing.Load() {
+	if err == nil || !isTimeout(err) || ss.closing.Load() {
 		return b, false, err
 	}
 	// Quiet for a while. crypto/tls keeps a partly read record across a
@@ -699,27 +711,11 @@ func (ss *session) setReadDeadline(t time.Time) {
 	ss.conn.SetReadDeadline(t)
 }
 
-// prefixedByteReader yields first, then reads from r.
-type prefixedByteReader struct {
-	first byte
-	used  bool
-	r     io.ByteReader
-}
-
-func (p *prefixedByteReader) ReadByte() (byte, error) {
-	if !p.used {
-		p.used = true
-		return p.first, nil
-	}
-	return p.r.ReadByte()
-}
-
 func (ss *session) readFailed(err error) {
-	var ne net.Error
 	if errors.Is(err, errMalformed) {
 		ss.badInput(badProtocol, err.Error())
 		ss.close(codeMalformed, "malformed packet")
-	} else if errors.As(err, &ne) && ne.Timeout() && !ss.closing.Load() {
+	} else if isTimeout(err) && !ss.closing.Load() {
 		ss.srv.met.cuts.WithLabelValues(CutIdle).Inc()
 		ss.close(codeKeepAliveTimeout, "keep alive timeout")
 	}
@@ -1013,7 +1009,7 @@ func (ss *session) handlePublish(pk *packets.Packet) bool {
 		if !s.realClock {
 			now = s.now()
 		}
-		recs, err := parseTelemetry(pk.Payload, now.UnixMilli(), ss.keys)
+		recs, err := parseTelemetry(pk.Payload, now.UnixMilli(), ss.keys, w.one[:0:1])
 		if err != nil {
 			return ss.reject(w, badPayload, codePayloadFormat, err.Error())
 		}
@@ -1165,7 +1161,12 @@ func (ss *session) enqueue(w *work) {
 	if !ss.flushing && ss.asyncOK(w) {
 		ss.inAsync++
 		ss.ackMu.Unlock()
-		ss.asyncGroup = append(ss.asyncGroup, w)
+		if ss.asyncGroup == nil {
+			w.self[0] = w
+			ss.asyncGroup = w.self[:1:1]
+		} else {
+			ss.asyncGroup = append(ss.asyncGroup, w)
+		}
 		return
 	}
 	if len(ss.asyncGroup) > 0 {

@@ -20,17 +20,18 @@ import (
 //
 // The returned values never alias payload: the caller may reuse its buffer.
 func ParseTelemetry(payload []byte, now int64) ([]store.Record, error) {
-	return parseTelemetry(payload, now, nil)
+	return parseTelemetry(payload, now, nil, nil)
 }
 
-// parseTelemetry is ParseTelemetry with the session's key cache.
-func parseTelemetry(payload []byte, now int64, keys keyCache) ([]store.Record, error) {
+// parseTelemetry is ParseTelemetry with the session's key cache, appending
+// the records to dst (the session's work holds room for the usual one).
+func parseTelemetry(payload []byte, now int64, keys keyCache, dst []store.Record) ([]store.Record, error) {
 	p := parser{b: payload, arena: make([]byte, 0, len(payload)), keys: keys}
 	p.ws()
 	if p.i >= len(p.b) {
 		return nil, errors.New("empty payload")
 	}
-	var recs []store.Record
+	recs := dst
 	switch p.b[p.i] {
 	case '{':
 		r, err := p.record(now)

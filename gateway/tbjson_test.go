@@ -13,7 +13,7 @@ func TestKeyCache(t *testing.T) {
 	msg := []byte(`{"ts":1700000000000,"values":{"temperature":23.5,"humidity":56,"seq":7}}`)
 	keys := keyCache{}
 	for range 2 {
-		recs, err := parseTelemetry(msg, 0, keys)
+		recs, err := parseTelemetry(msg, 0, keys, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -24,7 +24,7 @@ func TestKeyCache(t *testing.T) {
 		}
 	}
 	without := testing.AllocsPerRun(100, func() { ParseTelemetry(msg, 0) })
-	with := testing.AllocsPerRun(100, func() { parseTelemetry(msg, 0, keys) })
+	with := testing.AllocsPerRun(100, func() { parseTelemetry(msg, 0, keys, nil) })
 	// Five keys: ts, values and the three values' keys.
 	if with > without-5 {
 		t.Errorf("allocations per message: %v with the cache, %v without; want 5 fewer", with, without)
@@ -36,7 +36,7 @@ func TestKeyCache(t *testing.T) {
 		fmt.Fprintf(&b, `"k%d":%d,`, i, i)
 	}
 	b.WriteString(`"last":1}`)
-	recs, err := parseTelemetry([]byte(b.String()), 0, keys)
+	recs, err := parseTelemetry([]byte(b.String()), 0, keys, nil)
 	if err != nil || len(recs) != 1 || len(recs[0].Values) != 3*maxCachedKeys+1 {
 		t.Fatalf("many keys: %d values, %v", len(recs[0].Values), err)
 	}

@@ -2,8 +2,6 @@
 
 package gateway
 
-import "syscall"
-
 // writeNow cannot write without waiting here: it writes nothing, and the
 // caller's rest path sends b from a goroutine of its own.
-func writeNow(rc syscall.RawConn, b []byte) (int, error) { return 0, nil }
+func (p *pollConn) writeNow(b []byte) (int, error) { return 0, nil }
