@@ -31,6 +31,15 @@ type pollConn struct {
 	// nonblock is set and cleared by the session's reading goroutine
 	// around one read; nothing else reads through the connection.
 	nonblock bool
+	// raw is set, as nonblock, by a ready loop around one read: reads
+	// make one system call that does not wait (readNow), nothing there
+	// being the same temporary error.
+	raw bool
+	// readNow's state: the callback made once and what it reads.
+	readFn func(fd uintptr) bool
+	rb     []byte
+	rn     int
+	rerr   error
 
 	// tryWrite and rest are guarded by the session's writeMu: set around
 	// one write, rest is non-empty only until the writer holding writeMu
@@ -76,6 +85,9 @@ func (p *pollConn) Read(b []byte) (int, error) {
 	if p.nonblock {
 		return 0, errNothingBuffered
 	}
+	if p.raw && p.rc != nil {
+		return p.readNow(b)
+	}
 	return p.Conn.Read(b)
 }
 
@@ -118,6 +130,11 @@ func (p *pollConn) SyscallConn() (syscall.RawConn, error) {
 // buffered returns the next byte if crypto/tls holds it already; ok is
 // false when it holds nothing (err is then nil) or the read failed.
 func (ss *session) buffered() (b byte, ok bool, err error) {
+	if len(ss.lbuf) > 0 {
+		b = ss.lbuf[0]
+		ss.lbuf = ss.lbuf[1:]
+		return b, true, nil
+	}
 	ss.pc.nonblock = true
 	n, err := ss.conn.Read(ss.hdr[:])
 	ss.pc.nonblock = false

@@ -95,6 +95,10 @@ type Server struct {
 	watcher  bus.Watcher // nil if the bus cannot tell who listens
 	buffered bool        // the bus implements bus.Buffered
 	ackers   []*acker
+	// loops serve sessions between packets (readyloop_linux.go); nil
+	// where there are none.
+	loops    []*readyLoop
+	nextLoop atomic.Uint64
 	// nextAcker spreads sessions over the ackers.
 	nextAcker atomic.Uint64
 	bus       bus.Bus
@@ -264,6 +268,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.watcher, _ = s.bus.(bus.Watcher)
 	_, s.buffered = s.bus.(bus.Buffered)
+	s.loops = newReadyLoops(s)
 	return s, nil
 }
 
@@ -403,6 +408,14 @@ func isTemporary(err error) bool {
 	return errors.As(err, &t) && t.Temporary()
 }
 
+// readyLoop returns the ready loop for a session going idle, or nil.
+func (s *Server) readyLoop() *readyLoop {
+	if len(s.loops) == 0 {
+		return nil
+	}
+	return s.loops[s.nextLoop.Add(1)%uint64(len(s.loops))]
+}
+
 // Sessions returns the number of live device sessions on this server.
 func (s *Server) Sessions() int {
 	s.mu.Lock()
@@ -444,6 +457,9 @@ func (s *Server) Close() error {
 		c.SetDeadline(time.Now())
 	}
 	s.wg.Wait()
+	for _, l := range s.loops {
+		l.stop() // every session has ended: none is left in a loop
+	}
 	for _, a := range s.ackers {
 		a.stop() // every session has finished: nothing is in flight
 	}

@@ -168,7 +168,17 @@ type session struct {
 	// pc is that connection, for reading only what crypto/tls has buffered.
 	idleWait func() error
 	pc       *pollConn
-	rdl      time.Time // the read deadline last set by the reading goroutine
+	// rloop is the ready loop holding the session between packets, nil
+	// while a goroutine of its own reads; rslot is its slot there
+	// (guarded by that loop's mu). lbuf holds bytes the loop read and
+	// left to the goroutine, read before the connection.
+	rloop atomic.Pointer[readyLoop]
+	rslot int32
+	lbuf  []byte
+	// noLoop: no ready loop took the session (see serve); the reading
+	// goroutine's.
+	noLoop bool
+	rdl    time.Time // the read deadline last set by the reading goroutine
 	// lingering: the packet being read began under the short idle deadline
 	// (nextByte), which readFull extends to the keep-alive if the rest is slow.
 	lingering bool
@@ -211,6 +221,16 @@ func (ss *session) ReadByte() (byte, error) {
 // waited for up to the keep-alive, as any read is. crypto/tls keeps what it
 // had read across the timeout.
 func (ss *session) readFull(b []byte) error {
+	if len(ss.lbuf) > 0 {
+		n := copy(b, ss.lbuf)
+		ss.lbuf = ss.lbuf[n:]
+		if len(ss.lbuf) == 0 {
+			ss.lbuf = nil
+		}
+		if b = b[n:]; len(b) == 0 {
+			return nil
+		}
+	}
 	got := 0
 	for {
 		n, err := io.ReadFull(ss.conn, b[got:])
@@ -466,6 +486,11 @@ func (ss *session) close(code byte, reason string) {
 			ss.writeTimeout(time.Second, pk)
 		}
 		ss.conn.NetConn().SetDeadline(time.Now())
+		// A session between packets has no reader to fail: its loop
+		// ends it (see readyLoop.add for the order).
+		if l := ss.rloop.Load(); l != nil {
+			l.kick(ss)
+		}
 		ss.ackMu.Lock()
 		ss.ackCond.Broadcast()
 		ss.ackMu.Unlock()
@@ -547,15 +572,38 @@ func (ss *session) start() (ok bool) {
 }
 
 // serve runs the session after CONNECT in its own goroutine until it ends,
-// then releases the connection. When the device has nothing more to say
-// and the connection supports it, the wait is handed to a goroutine with a
-// small stack (see idleWaiter) and this one ends.
+// then releases the connection. When the device has nothing more to say,
+// the session goes to a ready loop (readyloop_linux.go), or else its wait
+// is handed to a goroutine with a small stack (see socketWatch), and this
+// one ends.
 func (ss *session) serve(c net.Conn) {
 	if ended := ss.loop(); ended {
 		ss.srv.endConn(c)
 		return
 	}
+	if !ss.noLoop {
+		if l := ss.srv.readyLoop(); l != nil && l.add(ss, c) {
+			return
+		}
+		// Waited for in a goroutine from now on; nextByte reads as
+		// it does without loops.
+		ss.noLoop = true
+		ss.serve(c)
+		return
+	}
 	go ss.waitThenServe(c)
+}
+
+// resume serves the session again in a goroutine of its own, after its
+// ready loop met something it does not handle itself.
+func (ss *session) resume(c net.Conn) {
+	ss.setKeepAliveDeadline()
+	if ss.closing.Load() {
+		// close's deadline, overwritten just now.
+		ss.setReadDeadline(time.Now())
+	}
+	ss.sent = true
+	ss.serve(c)
 }
 
 // waitThenServe waits until the device sends again (or the keep-alive
@@ -649,7 +697,8 @@ func (ss *session) nextByte() (b byte, idle bool, err error) {
 	if ss.keepAlive > 0 {
 		kaDeadline = now.Add(ss.keepAlive * 3 / 2)
 	}
-	if ss.idleWait == nil || (!kaDeadline.IsZero() && kaDeadline.Before(now.Add(idleAfter))) {
+	inLoop := ss.idleWait != nil && ss.srv.loops != nil && !ss.noLoop
+	if ss.idleWait == nil || (!inLoop && !kaDeadline.IsZero() && kaDeadline.Before(now.Add(idleAfter))) {
 		ss.submitAsync()
 		ss.setReadDeadline(kaDeadline)
 		b, err = ss.ReadByte()
@@ -666,6 +715,12 @@ func (ss *session) nextByte() (b byte, idle bool, err error) {
 	// Nothing more at hand: the telemetry read since the last wait goes to
 	// the store as one append.
 	ss.submitAsync()
+	if inLoop {
+		// A ready loop waits for the next packet: no goroutine keeps
+		// a stack for it.
+		ss.setReadDeadline(kaDeadline)
+		return 0, true, nil
+	}
 	wait := idleQuiet
 	if ss.sent {
 		wait = idleAfter
