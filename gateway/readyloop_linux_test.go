@@ -142,3 +142,45 @@ func TestReadyLoopKeepAlive(t *testing.T) {
 		return nil
 	})
 }
+
+// TestReadyLoopTakeover: a session waiting in a loop has no reader to
+// fail when the server closes it; the loop ends it. A second connection
+// with the same certificate takes the device over: the first is closed at
+// once, and the second is served.
+func TestReadyLoopTakeover(t *testing.T) {
+	e := newEnv(t, nil)
+	cert, _ := e.inter.device(t, "SN-TAKE")
+	first, err := rawConnect(e, cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if _, err := first.Write(publishQoS1(1, `{"t":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	var ack [4]byte
+	if _, err := io.ReadFull(first, ack[:]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // in a loop by now
+	second, err := rawConnect(e, cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	start := time.Now()
+	first.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := first.Read(ack[:]); err == nil || isTimeout(err) {
+		t.Fatalf("the session taken over is still open: read %d bytes, %v", n, err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("closed after %v", d)
+	}
+	if _, err := second.Write(publishQoS1(2, `{"t":2}`)); err != nil {
+		t.Fatal(err)
+	}
+	second.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(second, ack[:]); err != nil || ack != [4]byte{0x40, 2, 0, 2} {
+		t.Fatalf("second session: PUBACK %x, %v", ack, err)
+	}
+}
