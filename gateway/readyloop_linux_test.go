@@ -15,16 +15,6 @@ import (
 	"github.com/thingline/thingline/tstest"
 )
 
-// publishQoS1 is a QoS 1 PUBLISH of payload on the telemetry topic.
-func publishQoS1(pid uint16, payload string) []byte {
-	topic := "v1/devices/me/telemetry"
-	body := []byte{byte(len(topic) >> 8), byte(len(topic))}
-	body = append(body, topic...)
-	body = append(body, byte(pid>>8), byte(pid))
-	body = append(body, payload...)
-	return append([]byte{0x32, byte(len(body))}, body...)
-}
-
 // TestReadyLoopHoldsNoGoroutine: devices between messages wait in the
 // server's ready loops, not in goroutines of their own, and are served
 // there when they send again.
@@ -48,7 +38,7 @@ func TestReadyLoopHoldsNoGoroutine(t *testing.T) {
 	for round := range 3 {
 		for i, c := range conns {
 			pid := uint16(round*100 + i + 1)
-			if _, err := c.Write(publishQoS1(pid, fmt.Sprintf(`{"n":%d}`, round))); err != nil {
+			if _, err := c.Write(publishV4(pid, fmt.Sprintf(`{"n":%d}`, round))); err != nil {
 				t.Fatal(err)
 			}
 			var ack [4]byte
@@ -89,7 +79,7 @@ func TestReadyLoopBurst(t *testing.T) {
 		var burst []byte
 		const n = 3*maxInline + 5
 		for i := 1; i <= n; i++ {
-			burst = append(burst, publishQoS1(uint16(round*1000+i), fmt.Sprintf(`{"b":%d}`, i))...)
+			burst = append(burst, publishV4(uint16(round*1000+i), fmt.Sprintf(`{"b":%d}`, i))...)
 		}
 		if _, err := c.Write(burst); err != nil {
 			t.Fatal(err)
@@ -155,7 +145,7 @@ func TestReadyLoopTakeover(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer first.Close()
-	if _, err := first.Write(publishQoS1(1, `{"t":1}`)); err != nil {
+	if _, err := first.Write(publishV4(1, `{"t":1}`)); err != nil {
 		t.Fatal(err)
 	}
 	var ack [4]byte
@@ -176,7 +166,7 @@ func TestReadyLoopTakeover(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("closed after %v", d)
 	}
-	if _, err := second.Write(publishQoS1(2, `{"t":2}`)); err != nil {
+	if _, err := second.Write(publishV4(2, `{"t":2}`)); err != nil {
 		t.Fatal(err)
 	}
 	second.SetReadDeadline(time.Now().Add(5 * time.Second))
