@@ -461,7 +461,9 @@ func (p *pollConn) readSome(fd uintptr) bool {
 }
 
 // peekFixedHeader decodes the fixed header at the start of b: ok is false
-// while b is too short to hold it, bad when it is malformed.
+// while b is too short to hold it, bad when it is malformed. It is
+// fixedHeaderAfter over a slice: the loop must tell "not yet whole" from
+// the bytes it holds, and a reader passed per packet would be allocated.
 func peekFixedHeader(b []byte) (fh packets.FixedHeader, hlen int, ok, bad bool) {
 	if len(b) == 0 {
 		return fh, 0, false, false
