@@ -18,9 +18,49 @@ import (
 // is seen exactly once, before and after a restart, and that a later
 // compaction finishes the job.
 func TestCompactionInterrupted(t *testing.T) {
-	saved := compactStepTime
-	compactStepTime = 0 // one device per step
-	defer func() { compactStepTime = saved }()
+	const devices = 20
+	// Where the compaction stops, on the writer goroutine, as the writer
+	// runs steps; and the records left in the tail then.
+	for _, tc := range []struct {
+		name     string
+		stop     func(s *Store) error
+		wantTail int
+	}{
+		{"moving devices", func(s *Store) error {
+			for i := 0; i < 7; i++ {
+				s.compactStep()
+			}
+			if s.cur == nil || len(s.cur.devs) != devices-7 {
+				return fmt.Errorf("compaction after 7 steps: %+v", s.cur)
+			}
+			return nil
+		}, (devices - 7) * 3},
+		{"deleting the log", func(s *Store) error {
+			for i := 0; i < devices; i++ {
+				s.compactStep()
+			}
+			s.compactStep() // one piece of the log: one append's rows
+			if s.cur == nil || len(s.cur.devs) != 0 || s.cur.logDone || s.cur.logFrom >= s.cur.upTo {
+				return fmt.Errorf("compaction after a piece of its log: %+v", s.cur)
+			}
+			var rows int
+			if err := s.db.QueryRow("SELECT count(*) FROM tlog").Scan(&rows); err != nil || rows != 2 {
+				return fmt.Errorf("log rows after a piece deleted: %d, %v; want 2", rows, err)
+			}
+			return nil
+		}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testCompactionInterrupted(t, devices, tc.stop, tc.wantTail)
+		})
+	}
+}
+
+func testCompactionInterrupted(t *testing.T, devices int, stop func(*Store) error, wantTail int) {
+	saved, savedPiece := compactStepTime, logPiece
+	compactStepTime = 0 // one device, one piece of the log per step
+	logPiece = int64(devices)
+	defer func() { compactStepTime, logPiece = saved, savedPiece }()
 
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "thingline.db")
@@ -28,7 +68,6 @@ func TestCompactionInterrupted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const devices = 20
 	var ids []int64
 	for i := 0; i < devices; i++ {
 		d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("d%02d", i)}, store.Credential{}, nil)
@@ -74,23 +113,18 @@ func TestCompactionInterrupted(t *testing.T) {
 		put(s)
 	}
 	// On the writer goroutine, as the writer runs steps: start a
-	// compaction, move a few devices, then abandon it.
+	// compaction, run it to where it stops, then abandon it.
 	err = s.do(ctx, &op{exclusive: func(context.Context, *sql.Conn) error {
 		s.beginCompaction()
-		for i := 0; i < 7; i++ {
-			s.compactStep()
-		}
-		if s.cur == nil || len(s.cur.devs) != devices-7 {
-			return fmt.Errorf("compaction after 7 steps: %+v", s.cur)
-		}
+		err := stop(s)
 		s.cur = nil
-		return nil
+		return err
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := s.tail.size(); n != (devices-7)*3 {
-		t.Errorf("tail holds %d records after 7 devices moved; want %d", n, (devices-7)*3)
+	if n := s.tail.size(); n != wantTail {
+		t.Errorf("tail holds %d records after the compaction stopped; want %d", n, wantTail)
 	}
 	check(s, "interrupted", 3)
 	put(s)
@@ -104,20 +138,23 @@ func TestCompactionInterrupted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if n := s.tail.size(); n != (devices-7)*3+devices {
-		t.Errorf("reloaded tail holds %d records; want %d", n, (devices-7)*3+devices)
+	if n := s.tail.size(); n != wantTail+devices {
+		t.Errorf("reloaded tail holds %d records; want %d", n, wantTail+devices)
 	}
 	check(s, "reopened", 4)
 	if err := s.Compact(ctx); err != nil {
 		t.Fatal(err)
 	}
 	check(s, "compacted", 4)
-	var marks int
+	var marks, rows int
 	if err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM compacted").Scan(&marks); err != nil {
 		t.Fatal(err)
 	}
-	if st := s.Stats(); st.TailRecords != 0 || st.CompactFailures != 0 || marks != 0 {
-		t.Errorf("after a whole compaction: %+v, %d device marks left", st, marks)
+	if err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM tlog").Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.TailRecords != 0 || st.CompactFailures != 0 || marks != 0 || rows != 0 {
+		t.Errorf("after a whole compaction: %+v, %d device marks and %d log rows left", st, marks, rows)
 	}
 }
 
@@ -189,5 +226,109 @@ func TestCompactionStepsSpaced(t *testing.T) {
 	}
 	if n := s.tail.size(); n != 0 {
 		t.Errorf("tail holds %d records after the compaction; want 0", n)
+	}
+}
+
+// TestMergeWalksDirty checks that the merge of a compaction reads dirty a
+// page at a time from where its last step stopped, skipping the buckets
+// this compaction wrote: with every device writing to a past hour, the
+// dirty rows to skip are one per device, and a step must not read them
+// all. Buckets beyond the first page that this compaction left alone are
+// merged all the same.
+func TestMergeWalksDirty(t *testing.T) {
+	saved := compactStepTime
+	compactStepTime = 0 // one bucket merged, or one page read, per step
+	defer func() { compactStepTime = saved }()
+
+	ctx := context.Background()
+	s, err := OpenOptions(ctx, filepath.Join(t.TempDir(), "thingline.db"),
+		Options{CompactRecords: 1_000_000, CompactInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const devices, quiet = mergePage + 40, 10 // the last quiet devices stop writing
+	var ids []int64
+	for i := 0; i < devices; i++ {
+		d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("d%03d", i)}, store.Credential{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, d.ID)
+	}
+	// Two days ago, one hour's bucket.
+	ts := time.Now().Add(-48*time.Hour).Truncate(time.Hour).UnixMilli() + 1000
+	put := func(ids []int64) {
+		t.Helper()
+		var recs []store.Record
+		for _, id := range ids {
+			recs = append(recs, store.Record{DeviceID: id, TS: ts, Values: []store.KV{{Key: "v", Value: json.RawMessage("1")}}})
+		}
+		ts++
+		if err := s.AppendTelemetry(ctx, recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A whole compaction, on the writer goroutine, step by step; the most
+	// dirty rows a merge step read.
+	compact := func() (maxScanned int) {
+		t.Helper()
+		err := s.do(ctx, &op{exclusive: func(context.Context, *sql.Conn) error {
+			s.beginCompaction()
+			for s.cur != nil {
+				merging := s.cur.logDone
+				c := s.cur
+				s.compactStep()
+				if merging {
+					maxScanned = max(maxScanned, c.scanned)
+				}
+			}
+			return nil
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return maxScanned
+	}
+	chunks := func(id int64) (n int) {
+		t.Helper()
+		if err := s.db.QueryRow("SELECT count(*) FROM chunk WHERE device=?", id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	put(ids)
+	compact() // a chunk each
+	put(ids)
+	if n := compact(); n > mergePage {
+		t.Errorf("a merge step read %d dirty rows; want at most a page (%d)", n, mergePage)
+	}
+	put(ids[:devices-quiet])
+	if n := compact(); n > mergePage {
+		t.Errorf("a merge step read %d dirty rows; want at most a page (%d)", n, mergePage)
+	}
+	for i, id := range ids {
+		want := 3 // written by the last compaction: not merged yet
+		if i >= devices-quiet {
+			want = 1
+		}
+		if got := chunks(id); got != want {
+			t.Errorf("device %d: %d chunks; want %d", i, got, want)
+		}
+	}
+	var dirty int
+	if err := s.db.QueryRow("SELECT count(*) FROM dirty").Scan(&dirty); err != nil {
+		t.Fatal(err)
+	}
+	if dirty != devices-quiet {
+		t.Errorf("%d buckets left dirty; want %d", dirty, devices-quiet)
+	}
+	got, err := s.QueryTelemetry(ctx, store.TelemetryQuery{DeviceID: ids[devices-1], Asc: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps := got["v"]; len(ps) != 2 {
+		t.Errorf("a merged bucket reads %v; want its 2 points", ps)
 	}
 }

@@ -268,16 +268,20 @@ const compactPause = 4
 
 // compaction is a compaction in progress, owned by the writer goroutine: the
 // log up to upTo moves into chunks a few devices per step, each step its own
-// transaction recording the devices' marks (table compacted), then a last
-// step deletes the log up to upTo and moves the global mark, then buckets
-// needing a merge are merged a few per step.
+// transaction recording the devices' marks (table compacted), then steps
+// delete the log up to upTo a piece at a time and the last moves the global
+// mark, then buckets needing a merge are merged a few per step.
 type compaction struct {
-	upTo    int64
-	devs    []int64 // still to move, ascending
-	logDone bool    // the log is deleted up to upTo and the mark moved
-	touched map[[2]int64]bool
-	merged  int // buckets merged
-	start   time.Time
+	upTo       int64
+	devs       []int64 // still to move, ascending
+	logFrom    int64   // the log is deleted up to here
+	logStarted bool    // logFrom is set
+	logDone    bool    // the log is deleted up to upTo and the mark moved
+	touched    map[[2]int64]bool
+	after      [2]int64 // the merge's place in dirty: the last (device, bucket) read
+	merged     int      // buckets merged
+	scanned    int      // dirty rows read by the last step, for tests
+	start      time.Time
 }
 
 // compactDue tells whether a compaction should start: the tail is large, or
@@ -332,7 +336,8 @@ func (s *Store) beginCompaction() {
 	}
 	s.tail.mu.RUnlock()
 	slices.Sort(devs)
-	s.cur = &compaction{upTo: s.nextSeq - 1, devs: devs, touched: map[[2]int64]bool{}, start: time.Now()}
+	s.cur = &compaction{upTo: s.nextSeq - 1, devs: devs, touched: map[[2]int64]bool{},
+		after: [2]int64{math.MinInt64, math.MinInt64}, start: time.Now()}
 }
 
 // compactStep runs one step of the compaction in progress.
@@ -481,28 +486,59 @@ func (st *compactionStmts) device(ctx context.Context, d int64, recs []tailRec, 
 	return nil
 }
 
+// logPiece is the log deleted per statement by compactLog, in records:
+// deleting a 10,000-device fleet's thirty seconds (300,000 records) in one
+// statement took 4 ms, twice a step's budget. A variable for tests.
+var logPiece int64 = 32_768
+
 // compactLog ends the moving part of a compaction: every device's records
-// up to c.upTo are in chunks, so the log rows go and the global mark
-// replaces the devices' own.
+// up to c.upTo are in chunks, so the log rows go, a piece at a time until
+// the step's time is spent, and then the global mark replaces the
+// devices' own. A crash between pieces loses nothing: every device's own
+// mark already covers the rows deleted, and the rest are deleted by the
+// next compaction.
 func (s *Store) compactLog(ctx context.Context, c *compaction) error {
+	start := time.Now()
 	tx, err := s.wconn.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("sqlite: compacting: %w", err)
 	}
 	defer tx.Rollback()
-	for _, q := range []string{
-		"DELETE FROM tlog WHERE seq <= ?1",
-		"UPDATE meta SET v=?1 WHERE k='compacted'",
-		"DELETE FROM compacted WHERE seq <= ?1",
-	} {
-		if _, err := tx.ExecContext(ctx, q, c.upTo); err != nil {
+	if !c.logStarted {
+		// From the oldest row: rows an interrupted compaction left are
+		// older than the last mark.
+		if err := tx.QueryRowContext(ctx, "SELECT coalesce(min(seq)-1, ?1) FROM tlog WHERE seq <= ?1", c.upTo).Scan(&c.logFrom); err != nil {
 			return fmt.Errorf("sqlite: compacting: %w", err)
+		}
+		c.logStarted = true
+	}
+	from := c.logFrom
+	for from < c.upTo && (from == c.logFrom || time.Since(start) < compactStepTime) {
+		to := min(c.upTo, from+logPiece)
+		// A row holds seqs seq..seq+n-1, all at most upTo: rows are
+		// deleted by their first seq.
+		if _, err := tx.ExecContext(ctx, "DELETE FROM tlog WHERE seq > ?1 AND seq <= ?2", from, to); err != nil {
+			return fmt.Errorf("sqlite: compacting: %w", err)
+		}
+		from = to
+	}
+	// The mark moves in this step if time is left, or in the next.
+	last := from == c.upTo && (from == c.logFrom || time.Since(start) < compactStepTime)
+	if last {
+		for _, q := range []string{
+			"UPDATE meta SET v=?1 WHERE k='compacted'",
+			"DELETE FROM compacted WHERE seq <= ?1",
+		} {
+			if _, err := tx.ExecContext(ctx, q, c.upTo); err != nil {
+				return fmt.Errorf("sqlite: compacting: %w", err)
+			}
 		}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("sqlite: committing compaction: %w", err)
 	}
-	c.logDone = true
+	c.logFrom = from
+	c.logDone = last
 	return nil
 }
 
@@ -541,61 +577,91 @@ func insertChunks(ctx context.Context, ins *sql.Stmt, dev, bucket int64, rs []ta
 	return nil
 }
 
+// mergePage is the rows of dirty read at once by a merge.
+const mergePage = 256
+
 // merge rewrites buckets holding several chunks into as few full chunks as
 // possible, once the bucket is in the past and was not written by this
 // compaction: a bucket still being written (the current hour, or a past
 // one a device is filling with backdated records) would need merging again
-// at every compaction, rewriting all its records each time. One step merges
-// what fits in compactStepTime, up to mergeBuckets per compaction; done
-// tells that no bucket is left for this compaction.
+// at every compaction, rewriting all its records each time. One step
+// merges what fits in compactStepTime, up to mergeBuckets per compaction;
+// done tells that no bucket is left for this compaction.
+//
+// The steps walk dirty in key order from where the last one stopped, a
+// page at a time: a fleet whose every device writes to a past bucket (one
+// uploading what it buffered, or backdated readings) leaves a dirty row per
+// device that this compaction touched and must skip, and reading them all
+// in one step took 4–5 ms for 10,000 devices.
 func (s *Store) merge(ctx context.Context, c *compaction) (done bool, err error) {
 	start := time.Now()
+	c.scanned = 0
 	tx, err := s.wconn.BeginTx(ctx, nil)
 	if err != nil {
 		return false, fmt.Errorf("sqlite: merging: %w", err)
 	}
 	defer tx.Rollback()
 	now := bucketOf(time.Now().UnixMilli())
-	rows, err := tx.QueryContext(ctx, "SELECT device, bucket FROM dirty WHERE bucket < ? LIMIT ?", now, mergeBuckets+len(c.touched))
-	if err != nil {
-		return false, fmt.Errorf("sqlite: merging: %w", err)
-	}
-	type db struct{ d, b int64 }
-	var todo []db
-	for rows.Next() {
-		var x db
-		if err := rows.Scan(&x.d, &x.b); err != nil {
-			rows.Close()
-			return false, fmt.Errorf("sqlite: merging: %w", err)
-		}
-		if !c.touched[[2]int64{x.d, x.b}] && c.merged < mergeBuckets {
-			todo = append(todo, x)
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return false, fmt.Errorf("sqlite: merging: %w", err)
-	}
-	if len(todo) == 0 {
-		return true, nil
-	}
-	ins, err := tx.PrepareContext(ctx, "INSERT INTO chunk(device, bucket, t_start, t_end, n, data) VALUES (?, ?, ?, ?, ?, ?)")
-	if err != nil {
-		return false, fmt.Errorf("sqlite: merging: %w", err)
-	}
-	for k, x := range todo {
-		if k > 0 && time.Since(start) >= compactStepTime {
-			break
-		}
-		if err := mergeBucket(ctx, tx, ins, x.d, x.b); err != nil {
+	var ins *sql.Stmt
+	for !done && (c.scanned == 0 || time.Since(start) < compactStepTime) {
+		page, err := dirtyPage(ctx, tx, c.after, now)
+		if err != nil {
 			return false, err
 		}
-		c.merged++
+		c.scanned += len(page)
+		done = len(page) < mergePage
+		for k, x := range page {
+			c.after = x
+			if c.touched[x] {
+				continue
+			}
+			if ins == nil {
+				if ins, err = tx.PrepareContext(ctx, "INSERT INTO chunk(device, bucket, t_start, t_end, n, data) VALUES (?, ?, ?, ?, ?, ?)"); err != nil {
+					return false, fmt.Errorf("sqlite: merging: %w", err)
+				}
+			}
+			if err := mergeBucket(ctx, tx, ins, x[0], x[1]); err != nil {
+				return false, err
+			}
+			c.merged++
+			if c.merged >= mergeBuckets {
+				done = true
+				break
+			}
+			if time.Since(start) >= compactStepTime {
+				done = done && k == len(page)-1
+				break
+			}
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return false, fmt.Errorf("sqlite: committing merge: %w", err)
 	}
-	return false, nil
+	return done, nil
+}
+
+// dirtyPage reads up to mergePage buckets of dirty after the one given,
+// in key order, of hours before now.
+func dirtyPage(ctx context.Context, tx *sql.Tx, after [2]int64, now int64) ([][2]int64, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT device, bucket FROM dirty
+		WHERE (device, bucket) > (?1, ?2) AND bucket < ?3 ORDER BY device, bucket LIMIT ?4`,
+		after[0], after[1], now, mergePage)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: merging: %w", err)
+	}
+	defer rows.Close()
+	var page [][2]int64
+	for rows.Next() {
+		var x [2]int64
+		if err := rows.Scan(&x[0], &x[1]); err != nil {
+			return nil, fmt.Errorf("sqlite: merging: %w", err)
+		}
+		page = append(page, x)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: merging: %w", err)
+	}
+	return page, nil
 }
 
 // mergeBucket rewrites the chunks of one device's bucket.
