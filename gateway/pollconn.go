@@ -46,6 +46,13 @@ type pollConn struct {
 	// sent it (finishWrite).
 	tryWrite bool
 	rest     []byte
+	// inRead is set, with tryWrite, by a ready loop around a read it makes
+	// holding writeMu: a write then is crypto/tls answering the device
+	// from inside the read (a key update it asked for, an alert), and
+	// ahead (made once per session) moves the write deadline ahead first,
+	// as the session's writers do, since the last write's may have passed.
+	inRead bool
+	ahead  func()
 
 	// writeNow's state, also guarded by writeMu: the callback made once
 	// and what it writes.
@@ -94,6 +101,9 @@ func (p *pollConn) Read(b []byte) (int, error) {
 func (p *pollConn) Write(b []byte) (int, error) {
 	if !p.tryWrite || p.rc == nil {
 		return p.Conn.Write(b)
+	}
+	if p.inRead && p.ahead != nil {
+		p.ahead()
 	}
 	if len(p.rest) > 0 {
 		// A record after one the socket did not take whole: behind it.

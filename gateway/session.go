@@ -178,7 +178,11 @@ type session struct {
 	// noLoop: no ready loop took the session (see serve); the reading
 	// goroutine's.
 	noLoop bool
-	rdl    time.Time // the read deadline last set by the reading goroutine
+	// readSelf: the ready loop found the write lock held (see readReady),
+	// so the reading goroutine reads the next packet itself before the
+	// session goes back to a loop; set by the loop before the hand-off.
+	readSelf bool
+	rdl      time.Time // the read deadline last set by the reading goroutine
 	// lingering: the packet being read began under the short idle deadline
 	// (nextByte), which readFull extends to the keep-alive if the rest is slow.
 	lingering bool
@@ -697,7 +701,8 @@ func (ss *session) nextByte() (b byte, idle bool, err error) {
 	if ss.keepAlive > 0 {
 		kaDeadline = now.Add(ss.keepAlive * 3 / 2)
 	}
-	inLoop := ss.idleWait != nil && ss.srv.loops != nil && !ss.noLoop
+	inLoop := ss.idleWait != nil && ss.srv.loops != nil && !ss.noLoop && !ss.readSelf
+	ss.readSelf = false // for this packet only
 	if ss.idleWait == nil || (!inLoop && !kaDeadline.IsZero() && kaDeadline.Before(now.Add(idleAfter))) {
 		ss.submitAsync()
 		ss.setReadDeadline(kaDeadline)
