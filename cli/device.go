@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -85,8 +84,10 @@ interval. SIGUSR1 is the reset button: a factory reset.`,
 				return err
 			}
 			usr1 := make(chan os.Signal, 1)
-			signal.Notify(usr1, syscall.SIGUSR1)
-			defer signal.Stop(usr1)
+			if len(resetSignals) > 0 { // none would mean every signal
+				signal.Notify(usr1, resetSignals...)
+				defer signal.Stop(usr1)
+			}
 			ctx := cmd.Context()
 			go func() {
 				for {
