@@ -68,14 +68,7 @@ func testCompactionInterrupted(t *testing.T, devices int, stop func(*Store) erro
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ids []int64
-	for i := 0; i < devices; i++ {
-		d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("d%02d", i)}, store.Credential{}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, d.ID)
-	}
+	ids := makeDevices(t, s, devices)
 	ts := int64(1_000_000)
 	put := func(s *Store) {
 		t.Helper()
@@ -177,13 +170,9 @@ func TestCompactionStepsSpaced(t *testing.T) {
 	}
 	defer s.Close()
 	var recs []store.Record
-	for i := 0; i < devices; i++ {
-		d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("d%02d", i)}, store.Credential{}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, id := range makeDevices(t, s, devices) {
 		for ts := int64(1); ts <= 3; ts++ {
-			recs = append(recs, store.Record{DeviceID: d.ID, TS: ts, Values: []store.KV{{Key: "v", Value: json.RawMessage("1")}}})
+			recs = append(recs, store.Record{DeviceID: id, TS: ts, Values: []store.KV{{Key: "v", Value: json.RawMessage("1")}}})
 		}
 	}
 	if err := s.AppendTelemetry(ctx, recs); err != nil {
@@ -248,14 +237,7 @@ func TestMergeWalksDirty(t *testing.T) {
 	}
 	defer s.Close()
 	const devices, quiet = mergePage + 40, 10 // the last quiet devices stop writing
-	var ids []int64
-	for i := 0; i < devices; i++ {
-		d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("d%03d", i)}, store.Credential{}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, d.ID)
-	}
+	ids := makeDevices(t, s, devices)
 	// Two days ago, one hour's bucket.
 	ts := time.Now().Add(-48*time.Hour).Truncate(time.Hour).UnixMilli() + 1000
 	put := func(ids []int64) {
@@ -331,4 +313,18 @@ func TestMergeWalksDirty(t *testing.T) {
 	if ps := got["v"]; len(ps) != 2 {
 		t.Errorf("a merged bucket reads %v; want its 2 points", ps)
 	}
+}
+
+// makeDevices makes n devices and returns their IDs, in ascending order.
+func makeDevices(t *testing.T, s *Store, n int) []int64 {
+	t.Helper()
+	ids := make([]int64, 0, n)
+	for i := range n {
+		d, _, _, err := s.EnsureDevice(context.Background(), store.Device{Name: fmt.Sprintf("d%04d", i)}, store.Credential{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, d.ID)
+	}
+	return ids
 }
