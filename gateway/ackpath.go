@@ -28,12 +28,10 @@ import (
 // waits for the asynchronous appends before it (so PUBACK order stays
 // PUBLISH order).
 //
-// The acker must never block on one device: it writes a PUBACK only when the
-// session's write lock is free, and without waiting (pollConn's tryWrite):
-// what the socket does not take at once is sent by a goroutine of the
-// session's that holds the write lock until it is; otherwise the session's
-// remaining acknowledgements go to a goroutine of its own (drainAcks), in
-// order.
+// The acker must never wait for one device: its writes, as every write of
+// a session, go to the connection, which never waits (pollConn): what the
+// socket does not take at once, because the device is slow to read or has
+// stopped, is sent by a goroutine of that connection's, in order.
 
 // acker runs the completions posted by the store. A server has one per two
 // processors, each serving a share of the sessions (so that one session's
@@ -169,51 +167,17 @@ func (ss *session) completeAsync(ws []*work, err error) {
 		}
 	}
 	defer ss.publishAsync(ws)
-	ss.ackMu.Lock()
-	if ss.outBusy {
-		ss.outq = append(ss.outq, ws)
-		ss.ackMu.Unlock()
-		return
-	}
-	ss.ackMu.Unlock()
 	if ss.closing.Load() {
 		ss.asyncDone(len(ws))
 		return
 	}
-	// Written now if the write lock is free and the socket can be written
-	// to: tryAcks never waits.
-	if ss.pc != nil && ss.pc.rc != nil && ss.writeMu.TryLock() {
-		ss.tryAcksLocked(ws)
-		return
+	var werr error
+	ss.writeMu.Lock()
+	if buf := appendAcks(ss.ackBuf[:0], ws); len(buf) > 0 {
+		werr = ss.writeLocked(buf)
 	}
-	ss.ackMu.Lock()
-	ss.outBusy = true
-	ss.outq = append(ss.outq, ws)
-	ss.ackMu.Unlock()
-	go ss.drainAcks()
-}
-
-// drainAcks writes the session's queued acknowledgements in order, in a
-// goroutine of its own, so that a device slow to read blocks nobody else.
-func (ss *session) drainAcks() {
-	for {
-		ss.ackMu.Lock()
-		if len(ss.outq) == 0 {
-			ss.outq = nil
-			ss.outBusy = false
-			ss.ackMu.Unlock()
-			return
-		}
-		ws := ss.outq[0]
-		ss.outq = ss.outq[1:]
-		ss.ackMu.Unlock()
-		if ss.closing.Load() {
-			ss.asyncDone(len(ws))
-			continue
-		}
-		ss.writeMu.Lock()
-		ss.writeAcksLocked(ws)
-	}
+	ss.writeMu.Unlock()
+	ss.acked(ws, werr)
 }
 
 // appendAcks appends the acknowledgements of ws to buf.
@@ -227,49 +191,6 @@ func appendAcks(buf []byte, ws []*work) []byte {
 		}
 	}
 	return buf
-}
-
-// tryAcksLocked writes the acknowledgements of ws in one TLS record without
-// waiting, with writeMu held; it releases writeMu and completes ws. Should
-// the socket not take the whole record (a device that stopped reading),
-// the rest is sent, and ws completed, by a goroutine of its own that keeps
-// writeMu meanwhile, so that nothing overtakes it; the acker goes on.
-func (ss *session) tryAcksLocked(ws []*work) {
-	buf := appendAcks(ss.ackBuf[:0], ws)
-	if len(buf) == 0 {
-		ss.writeMu.Unlock()
-		ss.acked(ws, nil)
-		return
-	}
-	// The deadline does not make this write wait, but one that passed
-	// would fail it: kept ahead, as for any write.
-	ss.writeDeadlineLocked(ss.srv.timeout)
-	ss.pc.tryWrite = true
-	_, err := ss.conn.Write(buf)
-	ss.pc.tryWrite = false
-	if err == nil && len(ss.pc.rest) > 0 {
-		ss.srv.ackRests.Add(1)
-		go func() {
-			ss.writeDeadlineLocked(ss.srv.timeout)
-			err := ss.pc.finishWrite()
-			ss.writeMu.Unlock()
-			ss.acked(ws, err)
-		}()
-		return
-	}
-	ss.writeMu.Unlock()
-	ss.acked(ws, err)
-}
-
-// writeAcksLocked writes the acknowledgements of ws in one TLS record with
-// writeMu held, waiting if need be; it releases writeMu and completes ws.
-func (ss *session) writeAcksLocked(ws []*work) {
-	var err error
-	if buf := appendAcks(ss.ackBuf[:0], ws); len(buf) > 0 {
-		err = ss.writeLocked(ss.srv.timeout, buf)
-	}
-	ss.writeMu.Unlock()
-	ss.acked(ws, err)
 }
 
 // acked completes ws once their acknowledgements are written (or failed

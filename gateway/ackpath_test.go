@@ -25,10 +25,8 @@ func publishV4(pid uint16, payload string) []byte {
 
 // TestAsyncAcknowledgements drives the store's commit path of
 // acknowledgements (ackpath.go): one message in flight at a time, as the
-// fleet sends, each acknowledged by the acker; then, with the session's
-// write lock held by someone else, pipelined messages whose
-// acknowledgements go through drainAcks, still in order and only once
-// stored.
+// fleet sends, each acknowledged by the acker, then pipelined messages,
+// acknowledged in order.
 func TestAsyncAcknowledgements(t *testing.T) {
 	// A short write timeout: the acknowledgements below come after the
 	// deadline set when CONNACK was written has passed.
@@ -71,51 +69,30 @@ func TestAsyncAcknowledgements(t *testing.T) {
 		t.Errorf("the ackers completed %d of 20 messages", n)
 	}
 
-	e.srv.mu.Lock()
-	ss := e.srv.sessions["SN-ASYNC"]
-	e.srv.mu.Unlock()
-	ss.writeMu.Lock()
-	locked := true
-	unlock := func() {
-		if locked {
-			locked = false
-			ss.writeMu.Unlock()
-		}
-	}
-	defer unlock()
 	for pid := uint16(21); pid <= 30; pid++ {
 		if _, err := conn.Write(publishV4(pid, fmt.Sprintf(`{"ts":%d,"values":{"n":%d}}`, 1000+int(pid), pid))); err != nil {
 			t.Fatal(err)
 		}
 	}
-	dev := e.device(t, "SN-ASYNC")
-	// All ten stored, their acknowledgements with drainAcks: blocked on
-	// the write lock with the first group, the others queued.
-	tstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		got, err := e.st.QueryTelemetry(context.Background(), store.TelemetryQuery{DeviceID: dev.ID, Keys: []string{"n"}, To: 1 << 40, Limit: 100})
-		if err != nil {
-			return err
-		}
-		ss.ackMu.Lock()
-		busy, queued := ss.outBusy, len(ss.outq)
-		ss.ackMu.Unlock()
-		if len(got["n"]) != 30 || !busy {
-			return fmt.Errorf("%d points stored, drainAcks running %v with %d queued", len(got["n"]), busy, queued)
-		}
-		return nil
-	})
-	unlock()
 	for pid := uint16(21); pid <= 30; pid++ {
 		readAck(pid)
+	}
+	dev := e.device(t, "SN-ASYNC")
+	got, err := e.st.QueryTelemetry(context.Background(), store.TelemetryQuery{DeviceID: dev.ID, Keys: []string{"n"}, To: 1 << 40, Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got["n"]) != 30 {
+		t.Fatalf("%d points stored after 30 acknowledgements", len(got["n"]))
 	}
 }
 
 // TestAcksToADeviceNotReading: a device that pipelines messages and stops
-// reading fills its socket with acknowledgements. The acker's write, which
-// never waits, leaves the rest of a record to a goroutine of the session's
-// (or, with the write lock held, all of them to drainAcks);
-// meanwhile another device is acknowledged as usual; once the first reads
-// again it gets every acknowledgement, whole and in order.
+// reading fills its socket with acknowledgements. The acker's writes, which
+// never wait, leave what the socket does not take to a goroutine of the
+// connection's (pollConn.send); meanwhile another device is acknowledged
+// as usual; once the first reads again it gets every acknowledgement,
+// whole and in order.
 func TestAcksToADeviceNotReading(t *testing.T) {
 	e := newEnv(t, nil)
 	if len(e.srv.ackers) == 0 {
@@ -158,16 +135,10 @@ func TestAcksToADeviceNotReading(t *testing.T) {
 		}
 		sent <- nil
 	}()
-	// Left to a goroutine of the session's: the rest of a record the
-	// acker wrote, or (when the acker found the write lock held, by the
-	// ready loop reading this session) its acknowledgements, which
-	// drainAcks writes waiting as long as need be.
+	// Left to the connection's goroutine, which waits for the device.
 	tstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		ss.ackMu.Lock()
-		busy, pending := ss.outBusy, ss.pending
-		ss.ackMu.Unlock()
-		if e.srv.ackRests.Load() == 0 && !busy {
-			return fmt.Errorf("no acknowledgement left for later yet (drainAcks running %v, %d pending, %d packets read)", busy, pending, e.srv.packets.Load())
+		if n, sending := ss.pc.backlogged(); !sending || e.srv.backlogs.Load() == 0 {
+			return fmt.Errorf("nothing left for later yet (%d bytes kept, sending %v, %d packets read)", n, sending, e.srv.packets.Load())
 		}
 		return nil
 	})

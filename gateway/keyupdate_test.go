@@ -15,11 +15,22 @@ import (
 // after a spell longer than the server's write timeout in which nothing
 // was written to it, then publish. crypto/tls answers a key update from
 // inside the read that meets it, so the answer is written by whoever reads
-// the session: it must go out under a deadline of its own, not the one
-// left by the last write, and without the reader waiting for the socket.
+// the session — a ready loop, or the session's own goroutine where there
+// are none — and must not meet the deadline the last write left to pass.
 func TestKeyUpdateAfterQuietSpell(t *testing.T) {
 	need(t, "openssl")
-	e := newEnv(t, func(_ *env, cfg *Config) { cfg.Timeout = time.Second })
+	t.Run("ready-loops", func(t *testing.T) { testKeyUpdateAfterQuietSpell(t, false) })
+	t.Run("goroutines", func(t *testing.T) { testKeyUpdateAfterQuietSpell(t, true) })
+}
+
+func testKeyUpdateAfterQuietSpell(t *testing.T, noLoops bool) {
+	e := newEnv(t, func(_ *env, cfg *Config) {
+		cfg.Timeout = time.Second
+		cfg.noReadyLoops = noLoops
+	})
+	if got := len(e.srv.loops) > 0; got == noLoops {
+		t.Fatalf("ready loops: %v", got)
+	}
 	cert, _ := e.inter.device(t, "ku-1")
 	dir := t.TempDir()
 	der, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)

@@ -60,7 +60,7 @@ type readyLoop struct {
 }
 
 // loopEntry is one session in a loop. Only the loop goroutine changes
-// deadline and busy; the rest is fixed when the entry is made.
+// deadline; the rest is fixed when the entry is made.
 type loopEntry struct {
 	ss       *session
 	c        net.Conn // the accepted connection, for endConn
@@ -68,7 +68,6 @@ type loopEntry struct {
 	slot     int32
 	gen      uint32
 	deadline time.Time // keep-alive: 1.5 periods after the last packet
-	busy     time.Time // when a read first found the write lock held, or zero
 }
 
 const (
@@ -77,13 +76,6 @@ const (
 	maxInline    = 32        // packets per wake before the session gets a goroutine
 	loopSweep    = 500 * time.Millisecond
 	loopMaxEvent = 256
-	// loopBusyWait is how long a loop leaves a ready session whose write
-	// lock is held before it hands the session to a goroutine. The acker
-	// holds it for one write, but its write wakes the device, which on a
-	// machine it shares may take the acker's processor before the lock is
-	// released: with 100 µs those hand-offs cost 8 % of the closed loop's
-	// rate with one message in flight; with 1 ms nothing measurable.
-	loopBusyWait = time.Millisecond
 )
 
 // newReadyLoops starts one loop per processor, or none if epoll is not
@@ -391,29 +383,6 @@ func (l *readyLoop) serve(e *loopEntry) {
 			off = 0
 		}
 		n, err := ss.readReady(buf[end:], socket)
-		if err == errWriterBusy {
-			now := time.Now()
-			if end == 0 && handled == 0 && (e.busy.IsZero() || now.Sub(e.busy) < loopBusyWait) {
-				// Most likely the acker, writing an acknowledgement (a
-				// device with one message in flight sends the next as
-				// soon as it has it): the socket stays ready, and a
-				// later wake reads it.
-				if e.busy.IsZero() {
-					e.busy = now
-				}
-				return
-			}
-			// Held longer (a write waiting for a device that does not
-			// read): the next packet is read by a goroutine of the
-			// session's, whose waits hold up nobody else, after what is
-			// held here.
-			e.busy = time.Time{}
-			in = false
-			ss.readSelf = true
-			l.handoff(e, buf[:end])
-			return
-		}
-		e.busy = time.Time{}
 		socket = false
 		end += n
 		if n > 0 {
@@ -443,60 +412,22 @@ func (l *readyLoop) serve(e *loopEntry) {
 	}
 }
 
-// errWriterBusy is readReady's refusal to read while someone else holds
-// the session's write lock.
-var errWriterBusy = errors.New("gateway: the session's write lock is held")
-
 // readReady reads decrypted bytes into b: from the socket (one read that
 // does not wait) if socket is set, else only what crypto/tls holds.
-//
-// crypto/tls answers some records from inside the read that meets them: a
-// key update the device asks for (TLS 1.3), an alert. Such a write must
-// not hold the loop, whose other sessions would wait behind it, so the
-// loop reads only holding the session's write lock, taken without
-// waiting (no other write can then hold crypto/tls's output meanwhile, as
-// one to a device that stopped reading would, for up to the timeout), and
-// the answer is written without waiting (tryWrite) under a deadline moved
-// ahead (the last write's may have passed long ago: a device asking for a
-// key update after a quiet spell was cut off). What the socket does not
-// take is sent by a goroutine that keeps the lock, as the acker's rests.
-// With the lock held elsewhere the read is not made: errWriterBusy.
+// crypto/tls answers some records from inside the read that meets them (a
+// key update the device asks for, an alert): that write does not wait
+// either (pollConn), so it holds up none of the loop's other sessions.
 func (ss *session) readReady(b []byte, socket bool) (int, error) {
-	if !ss.writeMu.TryLock() {
-		return 0, errWriterBusy
-	}
 	pc := ss.pc
-	if pc.ahead == nil {
-		pc.ahead = ss.writeAhead // once per session, as readFn
-	}
 	if socket {
 		pc.raw = true
 	} else {
 		pc.nonblock = true
 	}
-	pc.tryWrite, pc.inRead = true, true
 	n, err := ss.conn.Read(b)
 	pc.raw, pc.nonblock = false, false
-	pc.tryWrite, pc.inRead = false, false
-	if len(pc.rest) == 0 {
-		ss.writeMu.Unlock()
-		return n, err
-	}
-	go func() {
-		ss.writeDeadlineLocked(ss.srv.timeout)
-		werr := pc.finishWrite()
-		ss.writeMu.Unlock()
-		if werr != nil {
-			// crypto/tls took the answer as sent: the connection is of no
-			// further use.
-			ss.close(codeImplSpecific, "write failed")
-		}
-	}()
 	return n, err
 }
-
-// writeAhead keeps the write deadline ahead; the caller holds writeMu.
-func (ss *session) writeAhead() { ss.writeDeadlineLocked(ss.srv.timeout) }
 
 // readNow makes one read on the socket that does not wait: nothing there
 // is errNothingBuffered, which crypto/tls takes as temporary.

@@ -121,8 +121,7 @@ type session struct {
 	// while reading the store.
 	attrMu sync.Mutex
 
-	writeMu sync.Mutex // leaf lock: one writer on conn at a time
-	wdl     time.Time  // the write deadline last set; guarded by writeMu
+	writeMu sync.Mutex // leaf lock: one writer on conn at a time (never waiting: see pollConn)
 	ackBuf  [64]byte   // the acker's PUBACKs; guarded by writeMu
 
 	// mu guards the fields below. Lock order: Server.mu, then session.mu.
@@ -150,11 +149,8 @@ type session struct {
 	pending  int
 	flushing bool
 	// The asynchronous path (ackpath.go): messages stored by the store's
-	// commit path and not yet acknowledged, and those waiting for
-	// drainAcks (outBusy: it runs).
+	// commit path and not yet acknowledged.
 	inAsync    int
-	outq       [][]*work
-	outBusy    bool
 	asyncGroup []*work // read, not yet handed to the store; the reading goroutine's
 	ackerIdx   int     // the acker of this session's completions
 	// The flusher's store context, reused across bursts (see flushCtx).
@@ -178,11 +174,7 @@ type session struct {
 	// noLoop: no ready loop took the session (see serve); the reading
 	// goroutine's.
 	noLoop bool
-	// readSelf: the ready loop found the write lock held (see readReady),
-	// so the reading goroutine reads the next packet itself before the
-	// session goes back to a loop; set by the loop before the hand-off.
-	readSelf bool
-	rdl      time.Time // the read deadline last set by the reading goroutine
+	rdl    time.Time // the read deadline last set by the reading goroutine
 	// lingering: the packet being read began under the short idle deadline
 	// (nextByte), which readFull extends to the keep-alive if the rest is slow.
 	lingering bool
@@ -206,6 +198,8 @@ func newSession(s *Server, c *tls.Conn, addr string) *session {
 	}
 	if ss.pc, _ = c.NetConn().(*pollConn); ss.pc == nil {
 		ss.idleWait = nil
+	} else {
+		ss.pc.startSending(s.timeout, func() { ss.close(codeImplSpecific, "write failed") }, &s.backlogs)
 	}
 	ss.ackCond = sync.NewCond(&ss.ackMu)
 	return ss
@@ -385,10 +379,6 @@ var wbufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // write encodes pks and sends them in one TLS write.
 func (ss *session) write(pks ...*packets.Packet) error {
-	return ss.writeTimeout(ss.srv.timeout, pks...)
-}
-
-func (ss *session) writeTimeout(d time.Duration, pks ...*packets.Packet) error {
 	buf := getWriteBuf()
 	defer putWriteBuf(buf)
 	for _, pk := range pks {
@@ -405,7 +395,7 @@ func (ss *session) writeTimeout(d time.Duration, pks ...*packets.Packet) error {
 			buf.Truncate(mark)
 		}
 	}
-	return ss.writeBytes(d, buf.Bytes())
+	return ss.writeBytes(buf.Bytes())
 }
 
 func getWriteBuf() *bytes.Buffer { return wbufPool.Get().(*bytes.Buffer) }
@@ -418,33 +408,23 @@ func putWriteBuf(buf *bytes.Buffer) {
 	}
 }
 
-// writeBytes writes encoded packets in one TLS record.
-func (ss *session) writeBytes(d time.Duration, b []byte) error {
+// writeBytes writes encoded packets in one TLS record. It does not wait
+// for the device: see pollConn.
+func (ss *session) writeBytes(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
 	ss.writeMu.Lock()
 	defer ss.writeMu.Unlock()
-	return ss.writeLocked(d, b)
+	return ss.writeLocked(b)
 }
 
 // writeLocked writes b with writeMu held.
-func (ss *session) writeLocked(d time.Duration, b []byte) error {
-	ss.writeDeadlineLocked(d)
+func (ss *session) writeLocked(b []byte) error {
 	if _, err := ss.conn.Write(b); err != nil {
 		return fmt.Errorf("gateway: writing to %s: %w", ss.addr, err)
 	}
 	return nil
-}
-
-// writeDeadlineLocked lets the next write wait d/2 to d: the deadline is
-// moved only when less than half of d is left (or a shorter one was set),
-// not for every write. The caller holds writeMu.
-func (ss *session) writeDeadlineLocked(d time.Duration) {
-	if now := time.Now(); ss.wdl.Before(now.Add(d/2)) || ss.wdl.After(now.Add(d)) {
-		ss.wdl = now.Add(d)
-		ss.conn.SetWriteDeadline(ss.wdl)
-	}
 }
 
 // writePlainAcks writes successful PUBACKs and PUBRECs without the codec:
@@ -464,7 +444,7 @@ func (ss *session) writePlainAcks(q []*work) error {
 		}
 		buf.Write([]byte{typ << 4, 2, byte(w.pid >> 8), byte(w.pid)})
 	}
-	return ss.writeBytes(ss.srv.timeout, buf.Bytes())
+	return ss.writeBytes(buf.Bytes())
 }
 
 func (ss *session) nextPID() uint16 { return uint16(ss.pid.Add(1)%65535 + 1) }
@@ -487,7 +467,7 @@ func (ss *session) close(code byte, reason string) {
 		if ss.ver == 5 && code != codeSuccess {
 			pk := &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ReasonCode: code}
 			pk.Properties.ReasonString = reason
-			ss.writeTimeout(time.Second, pk)
+			ss.write(pk)
 		}
 		ss.conn.NetConn().SetDeadline(time.Now())
 		// A session between packets has no reader to fail: its loop
@@ -701,8 +681,7 @@ func (ss *session) nextByte() (b byte, idle bool, err error) {
 	if ss.keepAlive > 0 {
 		kaDeadline = now.Add(ss.keepAlive * 3 / 2)
 	}
-	inLoop := ss.idleWait != nil && ss.srv.loops != nil && !ss.noLoop && !ss.readSelf
-	ss.readSelf = false // for this packet only
+	inLoop := ss.idleWait != nil && ss.srv.loops != nil && !ss.noLoop
 	if ss.idleWait == nil || (!inLoop && !kaDeadline.IsZero() && kaDeadline.Before(now.Add(idleAfter))) {
 		ss.submitAsync()
 		ss.setReadDeadline(kaDeadline)

@@ -2,6 +2,6 @@
 
 package gateway
 
-// writeNow cannot write without waiting here: it writes nothing, and the
-// caller's rest path sends b from a goroutine of its own.
+// writeNow cannot write without waiting here: it writes nothing, and
+// pollConn.send writes b from a goroutine of its own.
 func (p *pollConn) writeNow(b []byte) (int, error) { return 0, nil }

@@ -9,8 +9,7 @@ import (
 )
 
 // writeNow writes what the socket takes of b without waiting: n < len(b)
-// with a nil error means its send buffer is full. The caller holds the
-// session's writeMu (tryWrite).
+// with a nil error means its send buffer is full. The caller holds smu.
 func (p *pollConn) writeNow(b []byte) (n int, err error) {
 	if p.writeFn == nil {
 		// Made once per connection: a closure made per call would be
