@@ -138,10 +138,11 @@ func wipe(ctx context.Context, st store.Store, e store.Epoch) error {
 	}
 	// Alarms and RPC calls begun before the epoch's end, active or not:
 	// they were the old owner's; OTA history too (the current target,
-	// which drives the device, stays).
+	// which drives the device, stays); and the alarm rules' states begun
+	// then, whose episodes raised those alarms.
 	q := store.HistoryPurge{DeviceID: e.DeviceID, Before: e.Until, Limit: 1000}
 	for _, del := range []func(context.Context, store.HistoryPurge) (int64, bool, error){
-		st.DeleteAlarmsBefore, st.DeleteRPCsBefore, st.DeleteOTAHistoryBefore,
+		st.DeleteAlarmsBefore, st.DeleteAlarmRuleStatesBefore, st.DeleteRPCsBefore, st.DeleteOTAHistoryBefore,
 	} {
 		if err := drain(func() (int64, bool, error) { return del(ctx, q) }); err != nil {
 			return err

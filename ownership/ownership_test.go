@@ -78,6 +78,23 @@ func testSweep(t *testing.T, st store.Store) {
 			t.Fatal(err)
 		}
 	}
+	// Alarm rule states: one whose episode raised within the epoch, one
+	// whose condition started holding after it.
+	var rules []int64
+	for _, typ := range []string{"hot", "cold"} {
+		r, err := st.AddAlarmRule(ctx, store.AlarmRule{Profile: "default", Type: typ, Key: "t", Severity: store.SeverityMinor,
+			Raise: store.Condition{Op: ">", Value: json.RawMessage("40")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules = append(rules, r.ID)
+	}
+	if err := st.PutAlarmRuleStates(ctx, []store.AlarmRuleState{
+		{DeviceID: dev.ID, RuleID: rules[0], RaiseSince: releaseAt.Add(day), Episode: store.RuleRaised, EpisodeTime: claimAt.Add(day)},
+		{DeviceID: dev.ID, RuleID: rules[1], RaiseSince: releaseAt.Add(day)},
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := st.Release(ctx, dev.ID, u.ID, u.ID, store.OwnershipPolicy{OnReset: store.PolicyTransfer, KeepDays: 3}, releaseAt); err != nil {
 		t.Fatal(err)
 	}
@@ -102,6 +119,9 @@ func testSweep(t *testing.T, st store.Store) {
 	as, err := st.ListAlarms(ctx, store.AlarmQuery{DeviceID: dev.ID})
 	if err != nil || len(as) != 1 || !as[0].StartTime.Equal(releaseAt.Add(day)) {
 		t.Errorf("alarms after the wipe: %+v %v, want only the one raised after the release", as, err)
+	}
+	if ss, err := st.AlarmRuleStates(ctx, []int64{dev.ID}); err != nil || len(ss) != 1 || ss[0].RuleID != rules[1] {
+		t.Errorf("alarm rule states after the wipe: %+v %v, want only the one begun after the release", ss, err)
 	}
 	rs, err := st.ListRPCs(ctx, store.RPCQuery{DeviceID: dev.ID})
 	if err != nil || len(rs) != 1 || !rs[0].CreatedAt.Equal(releaseAt.Add(day)) {

@@ -146,6 +146,63 @@ type Alarms interface {
 	DeleteAlarmsBefore(ctx context.Context, q HistoryPurge) (removed int64, more bool, err error)
 }
 
+// AlarmRuleState is where one alarm rule stands for one device: the little
+// a rule needs so that "held for 60 s" and "raise once per episode" mean
+// the same across reconnects, moves to another node and restarts. The node
+// holding the device's session writes it when it changes (a condition
+// starts or stops holding, the rule raises, clears or is re-armed), never
+// per message, and the next session reads it when it starts.
+type AlarmRuleState struct {
+	DeviceID int64
+	RuleID   int64
+	// RaiseSince is when the raise condition started holding (the
+	// arrival of the reading, on the node's clock); zero while it does
+	// not hold. ClearSince likewise for the clear condition.
+	RaiseSince time.Time
+	ClearSince time.Time
+	// Episode tells whether the rule raised (and not re-armed since) or
+	// cleared; EpisodeTime is when. Zero time with RuleUnknown.
+	Episode     RuleEpisode
+	EpisodeTime time.Time
+	// ValueTS is the timestamp (ms) of the reading behind the last
+	// change: a reading older than it, arriving late, is ignored.
+	ValueTS int64
+}
+
+// RuleEpisode is what a rule did in the current episode of its condition.
+type RuleEpisode uint8
+
+const (
+	RuleUnknown RuleEpisode = iota // not known whether an alarm of the rule is active
+	RuleRaised                     // raised: the condition holding on raises nothing more
+	RuleCleared                    // its clear condition cleared the alarm
+)
+
+// Empty tells whether s says nothing a fresh rule would not assume: such
+// a state is kept as no row at all.
+func (s AlarmRuleState) Empty() bool {
+	return s.RaiseSince.IsZero() && s.ClearSince.IsZero() && s.Episode == RuleUnknown
+}
+
+// AlarmRuleStates stores AlarmRuleState per device and rule. A device's
+// states go with the device, a rule's with the rule.
+type AlarmRuleStates interface {
+	// AlarmRuleStates returns the stored states of the devices' rules,
+	// in no particular order.
+	AlarmRuleStates(ctx context.Context, deviceIDs []int64) ([]AlarmRuleState, error)
+	// PutAlarmRuleStates replaces the stored states of the same device
+	// and rule; an Empty state removes its row. The state of a device or
+	// rule that no longer exists is dropped, so that a node that has not
+	// seen a deletion yet does not bring its rows back.
+	PutAlarmRuleStates(ctx context.Context, states []AlarmRuleState) error
+	// DeleteAlarmRuleStatesBefore removes the states of q.DeviceID (every
+	// device when 0) with a timer started or an episode reached before
+	// q.Before, at most q.Limit of them: an ownership wipe, which also
+	// removes the alarms those episodes raised. q.Finished is ignored:
+	// retention never ages states (they are a handful per device).
+	DeleteAlarmRuleStatesBefore(ctx context.Context, q HistoryPurge) (removed int64, more bool, err error)
+}
+
 // Operations announced on bus.TopicAlarms.
 const (
 	AlarmOpRaised  = "raised"       // a new alarm

@@ -66,6 +66,8 @@ type Profiles interface {
 	// ListAlarmRules returns the rules of a profile, or of every profile
 	// when profile is empty, by ID.
 	ListAlarmRules(ctx context.Context, profile string) ([]AlarmRule, error)
+	// DeleteAlarmRule removes a rule and its states (AlarmRuleStates).
+	// Rules are not changed in place: a changed rule is a new one.
 	DeleteAlarmRule(ctx context.Context, id int64) error
 }
 

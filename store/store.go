@@ -36,6 +36,7 @@ type Store interface {
 	Units
 	Certificates
 	Alarms
+	AlarmRuleStates
 	DeviceStates
 	Profiles
 	Retention

@@ -35,8 +35,27 @@ CREATE TABLE alarms (
 CREATE UNIQUE INDEX alarms_active ON alarms(device_id, type) WHERE clear_ns = 0;
 CREATE INDEX alarms_device ON alarms(device_id, id)`},
 		// Retention removes cleared alarms of every device, oldest first.
-		Migration{Name: "alarm/002", SQL: `CREATE INDEX alarms_cleared ON alarms(clear_ns) WHERE clear_ns <> 0`})
+		Migration{Name: "alarm/002", SQL: `CREATE INDEX alarms_cleared ON alarms(clear_ns) WHERE clear_ns <> 0`},
+		// Where each rule stands for each device (store.AlarmRuleState),
+		// so that rule timers outlive sessions. A row exists only while
+		// it says something (a timer running or an episode known); the
+		// rule index serves the deletion of a rule.
+		Migration{Name: "alarm/003", SQL: `
+CREATE TABLE alarm_rule_states (
+	device_id BIGINT NOT NULL,
+	rule_id BIGINT NOT NULL,
+	raise_ns BIGINT NOT NULL DEFAULT 0,
+	clear_ns BIGINT NOT NULL DEFAULT 0,
+	episode INTEGER NOT NULL DEFAULT 0,
+	episode_ns BIGINT NOT NULL DEFAULT 0,
+	value_ts BIGINT NOT NULL DEFAULT 0,
+	PRIMARY KEY (device_id, rule_id)
+);
+CREATE INDEX alarm_rule_states_rule ON alarm_rule_states(rule_id)`})
 	RegisterPurge(func(ctx context.Context, tx *Tx, device int64) error {
+		if _, err := tx.Exec(ctx, "DELETE FROM alarm_rule_states WHERE device_id=?", device); err != nil {
+			return err
+		}
 		_, err := tx.Exec(ctx, "DELETE FROM alarms WHERE device_id=?", device)
 		return err
 	})
@@ -228,4 +247,109 @@ func limit(n int) int {
 		return 100
 	}
 	return min(n, 10000)
+}
+
+// Alarm rule states (store.AlarmRuleStates).
+
+// ruleStateChunk bounds the states of one write transaction (on SQLite
+// every write runs on the one writer, between telemetry's group commits);
+// a read takes eight times as many devices in its IN list.
+const ruleStateChunk = 64
+
+const ruleStateCols = "device_id, rule_id, raise_ns, clear_ns, episode, episode_ns, value_ts"
+
+func scanRuleState(r rowScanner) (store.AlarmRuleState, error) {
+	var s store.AlarmRuleState
+	var raise, clr, ep int64
+	var episode int
+	err := r.Scan(&s.DeviceID, &s.RuleID, &raise, &clr, &episode, &ep, &s.ValueTS)
+	s.RaiseSince, s.ClearSince, s.EpisodeTime = nsTime(raise), nsTime(clr), nsTime(ep)
+	s.Episode = store.RuleEpisode(episode)
+	return s, err
+}
+
+// AlarmRuleStates implements store.AlarmRuleStates.
+func (t *Tables) AlarmRuleStates(ctx context.Context, deviceIDs []int64) ([]store.AlarmRuleState, error) {
+	var out []store.AlarmRuleState
+	for len(deviceIDs) > 0 {
+		n := min(len(deviceIDs), ruleStateChunk*8)
+		args := make([]any, n)
+		for i, id := range deviceIDs[:n] {
+			args[i] = id
+		}
+		q := "SELECT " + ruleStateCols + " FROM alarm_rule_states WHERE device_id IN (?" + strings.Repeat(", ?", n-1) + ")"
+		rows, err := t.db.Query(ctx, q, args...)
+		ss, err := collect(rows, err, scanRuleState)
+		if err != nil {
+			return nil, fmt.Errorf("sqldb: reading alarm rule states: %w", err)
+		}
+		out = append(out, ss...)
+		deviceIDs = deviceIDs[n:]
+	}
+	return out, nil
+}
+
+// PutAlarmRuleStates implements store.AlarmRuleStates. The existence
+// checks keep a node that has not seen a rule's or device's deletion yet
+// from writing its rows again; a write racing the deletion itself may
+// still leave a row no one reads (ids are never reused), as PurgeDevice
+// may.
+func (t *Tables) PutAlarmRuleStates(ctx context.Context, states []store.AlarmRuleState) error {
+	for len(states) > 0 {
+		n := min(len(states), ruleStateChunk)
+		err := t.db.Write(ctx, func(ctx context.Context, tx *Tx) error {
+			for _, s := range states[:n] {
+				if s.Empty() {
+					if _, err := tx.Exec(ctx, "DELETE FROM alarm_rule_states WHERE device_id=? AND rule_id=?", s.DeviceID, s.RuleID); err != nil {
+						return err
+					}
+					continue
+				}
+				// CAST: PostgreSQL types a bare placeholder of a select
+				// list as text.
+				_, err := tx.Exec(ctx, `INSERT INTO alarm_rule_states(`+ruleStateCols+`)
+SELECT CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS INTEGER), CAST(? AS BIGINT), CAST(? AS BIGINT)
+WHERE EXISTS (SELECT 1 FROM alarm_rules WHERE id=?) AND EXISTS (SELECT 1 FROM devices WHERE id=?)
+ON CONFLICT (device_id, rule_id) DO UPDATE SET raise_ns=excluded.raise_ns, clear_ns=excluded.clear_ns,
+	episode=excluded.episode, episode_ns=excluded.episode_ns, value_ts=excluded.value_ts`,
+					s.DeviceID, s.RuleID, ToNS(s.RaiseSince), ToNS(s.ClearSince), int(s.Episode), ToNS(s.EpisodeTime), s.ValueTS,
+					s.RuleID, s.DeviceID)
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("sqldb: writing alarm rule states: %w", err)
+		}
+		states = states[n:]
+	}
+	return nil
+}
+
+// DeleteAlarmRuleStatesBefore implements store.AlarmRuleStates.
+func (t *Tables) DeleteAlarmRuleStatesBefore(ctx context.Context, q store.HistoryPurge) (int64, bool, error) {
+	n := q.Limit
+	if n <= 0 {
+		n = 1000
+	}
+	before := q.Before.UnixNano()
+	where := "((raise_ns <> 0 AND raise_ns < ?) OR (clear_ns <> 0 AND clear_ns < ?) OR (episode_ns <> 0 AND episode_ns < ?))"
+	args := []any{before, before, before}
+	if q.DeviceID != 0 {
+		where += " AND device_id=?"
+		args = append(args, q.DeviceID)
+	}
+	args = append(args, n)
+	res, err := t.db.Exec(ctx, `DELETE FROM alarm_rule_states WHERE (device_id, rule_id) IN (
+	SELECT device_id, rule_id FROM alarm_rule_states WHERE `+where+` LIMIT ?)`, args...)
+	if err != nil {
+		return 0, false, fmt.Errorf("sqldb: deleting alarm rule states: %w", err)
+	}
+	removed, err := res.RowsAffected()
+	if err != nil {
+		return 0, false, fmt.Errorf("sqldb: deleting alarm rule states: %w", err)
+	}
+	return removed, removed == int64(n), nil
 }

@@ -276,13 +276,26 @@ func (t *Tables) ListAlarmRules(ctx context.Context, profile string) ([]store.Al
 	return out, rows.Err()
 }
 
-// DeleteAlarmRule implements store.Profiles.
+// DeleteAlarmRule implements store.Profiles. The rule's states go with
+// it, in the same transaction: a rule is never changed in place (a change
+// is a new rule, with a new id), so its states mean nothing without it.
 func (t *Tables) DeleteAlarmRule(ctx context.Context, id int64) error {
-	res, err := t.db.Exec(ctx, "DELETE FROM alarm_rules WHERE id=?", id)
+	var n int64
+	err := t.db.Write(ctx, func(ctx context.Context, tx *Tx) error {
+		res, err := tx.Exec(ctx, "DELETE FROM alarm_rules WHERE id=?", id)
+		if err != nil {
+			return err
+		}
+		if n, err = res.RowsAffected(); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, "DELETE FROM alarm_rule_states WHERE rule_id=?", id)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("sqldb: deleting alarm rule %d: %w", id, err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
+	if n == 0 {
 		return fmt.Errorf("alarm rule %d: %w", id, store.ErrNotFound)
 	}
 	return nil

@@ -223,3 +223,41 @@ func TestMergeQuietBuckets(t *testing.T) {
 		t.Errorf("merged bucket reads %v", ps)
 	}
 }
+
+// TestReopenKeepsAlarmRuleStates: a rule's state outlives a restart, so
+// that the rule's timers do too (docs/alarms.md).
+func TestReopenKeepsAlarmRuleStates(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "thingline.db")
+	s, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _, _, err := s.EnsureDevice(ctx, store.Device{Name: "hot", Profile: "default"}, store.Credential{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.AddAlarmRule(ctx, store.AlarmRule{Profile: "default", Type: "hot", Key: "temperature", Severity: store.SeverityMajor,
+		Raise: store.Condition{Op: ">", Value: json.RawMessage("40"), Duration: store.Duration(time.Minute)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	since := time.Now()
+	want := store.AlarmRuleState{DeviceID: d.ID, RuleID: r.ID, RaiseSince: since, Episode: store.RuleRaised, EpisodeTime: since.Add(time.Minute), ValueTS: 42}
+	if err := s.PutAlarmRuleStates(ctx, []store.AlarmRuleState{want}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, err := s.AlarmRuleStates(ctx, []int64{d.ID})
+	if err != nil || len(got) != 1 || got[0].RuleID != r.ID || !got[0].RaiseSince.Equal(since) || got[0].Episode != store.RuleRaised ||
+		!got[0].EpisodeTime.Equal(want.EpisodeTime) || got[0].ValueTS != 42 {
+		t.Fatalf("after reopening: %+v, %v; want [%+v]", got, err, want)
+	}
+}

@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -186,4 +187,110 @@ func testAlarmsConcurrent(t *testing.T, s store.Store) {
 	if err != nil || len(as) != 1 || as[0].Count != n || !as[0].LastTime.Equal(base.Add((n-1)*time.Second)) {
 		t.Fatalf("after %d concurrent raises: %+v, %v; want one alarm counting all, last time the latest", n, as, err)
 	}
+}
+
+// testAlarmRuleStates: rule states are replaced per device and rule, an
+// empty one is no row, and they go with their rule, their device and an
+// ownership wipe.
+func testAlarmRuleStates(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	d := mustDevice(t, s, "ruled")
+	other := mustDevice(t, s, "ruled-too")
+	rule := func(typ string) store.AlarmRule {
+		t.Helper()
+		r, err := s.AddAlarmRule(ctx, store.AlarmRule{Profile: "default", Type: typ, Key: "temperature", Severity: store.SeverityMajor,
+			Raise: store.Condition{Op: ">", Value: raw("40"), Duration: store.Duration(time.Minute)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	r1, r2 := rule("hot"), rule("very-hot")
+	put := func(states ...store.AlarmRuleState) {
+		t.Helper()
+		if err := s.PutAlarmRuleStates(ctx, states); err != nil {
+			t.Fatalf("PutAlarmRuleStates: %v", err)
+		}
+	}
+	// get returns the stored states of the devices by "device/rule".
+	get := func(ids ...int64) map[string]store.AlarmRuleState {
+		t.Helper()
+		ss, err := s.AlarmRuleStates(ctx, ids)
+		if err != nil {
+			t.Fatalf("AlarmRuleStates: %v", err)
+		}
+		m := map[string]store.AlarmRuleState{}
+		for _, st := range ss {
+			m[fmt.Sprintf("%d/%d", st.DeviceID, st.RuleID)] = st
+		}
+		return m
+	}
+	key := func(st store.AlarmRuleState) string { return fmt.Sprintf("%d/%d", st.DeviceID, st.RuleID) }
+	same := func(a, b store.AlarmRuleState) bool {
+		return a.DeviceID == b.DeviceID && a.RuleID == b.RuleID && a.RaiseSince.Equal(b.RaiseSince) && a.ClearSince.Equal(b.ClearSince) &&
+			a.Episode == b.Episode && a.EpisodeTime.Equal(b.EpisodeTime) && a.ValueTS == b.ValueTS
+	}
+	want := func(what string, got map[string]store.AlarmRuleState, states ...store.AlarmRuleState) {
+		t.Helper()
+		if len(got) != len(states) {
+			t.Fatalf("%s: %d states %+v; want %+v", what, len(got), got, states)
+		}
+		for _, w := range states {
+			if g, ok := got[key(w)]; !ok || !same(g, w) {
+				t.Fatalf("%s: state %s = %+v; want %+v", what, key(w), g, w)
+			}
+		}
+	}
+
+	if got := get(d.ID, other.ID); len(got) != 0 {
+		t.Fatalf("states of an empty store: %+v", got)
+	}
+	at := base.Add(123456789 * time.Nanosecond) // nanoseconds are kept
+	a := store.AlarmRuleState{DeviceID: d.ID, RuleID: r1.ID, RaiseSince: at, ValueTS: at.UnixMilli()}
+	b := store.AlarmRuleState{DeviceID: d.ID, RuleID: r2.ID, ClearSince: at.Add(time.Minute), Episode: store.RuleCleared,
+		EpisodeTime: at.Add(2 * time.Minute), ValueTS: 7}
+	c := store.AlarmRuleState{DeviceID: other.ID, RuleID: r1.ID, RaiseSince: at, Episode: store.RuleRaised, EpisodeTime: at.Add(time.Minute)}
+	put(a, b, c)
+	want("one device", get(d.ID), a, b)
+	want("both devices", get(d.ID, other.ID), a, b, c)
+	// The read takes its devices in chunks: a long list finds them all.
+	long := []int64{}
+	for i := range 1500 {
+		long = append(long, 1<<40+int64(i))
+	}
+	want("a long list of devices", get(append(long, other.ID, d.ID)...), a, b, c)
+
+	// A state replaces the stored one; an empty one removes it.
+	a.Episode, a.EpisodeTime, a.ValueTS = store.RuleRaised, at.Add(time.Minute), a.ValueTS+60000
+	put(a, store.AlarmRuleState{DeviceID: d.ID, RuleID: r2.ID})
+	want("replaced and emptied", get(d.ID), a)
+	// Neither an unknown rule nor an unknown device gets a row.
+	put(store.AlarmRuleState{DeviceID: d.ID, RuleID: 1 << 40, RaiseSince: at},
+		store.AlarmRuleState{DeviceID: 1 << 40, RuleID: r1.ID, RaiseSince: at})
+	want("unknown rule and device", get(d.ID, 1<<40), a)
+
+	// The wipe of an ownership epoch: states begun before its end.
+	put(b)
+	if n, more, err := s.DeleteAlarmRuleStatesBefore(ctx, store.HistoryPurge{DeviceID: d.ID, Before: at.Add(30 * time.Second), Limit: 10}); err != nil || n != 1 || more {
+		t.Fatalf("DeleteAlarmRuleStatesBefore = %d, %v, %v; want 1 removed", n, more, err)
+	}
+	want("after the wipe", get(d.ID, other.ID), b, c)
+	if n, more, err := s.DeleteAlarmRuleStatesBefore(ctx, store.HistoryPurge{Before: at.Add(3 * time.Minute), Limit: 1}); err != nil || n != 1 || !more {
+		t.Fatalf("DeleteAlarmRuleStatesBefore of every device, limit 1 = %d, %v, %v; want 1, more", n, more, err)
+	}
+	put(a, b, c)
+
+	// Deleting a rule removes its states, deleting a device its own.
+	if err := s.DeleteAlarmRule(ctx, r1.ID); err != nil {
+		t.Fatal(err)
+	}
+	want("after deleting the rule", get(d.ID, other.ID), b)
+	put(c) // a node that missed the deletion
+	want("after writing for a deleted rule", get(d.ID, other.ID), b)
+	c.RuleID = r2.ID
+	put(c)
+	if err := s.DeleteDevice(ctx, d.Name); err != nil {
+		t.Fatal(err)
+	}
+	want("after deleting the device", get(d.ID, other.ID), c)
 }

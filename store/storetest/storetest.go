@@ -51,6 +51,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("DeleteRecreate", func(t *testing.T) { testDeleteRecreate(t, open(t)) })
 	t.Run("Alarms", func(t *testing.T) { testAlarms(t, open(t)) })
 	t.Run("AlarmsConcurrent", func(t *testing.T) { testAlarmsConcurrent(t, open(t)) })
+	t.Run("AlarmRuleStates", func(t *testing.T) { testAlarmRuleStates(t, open(t)) })
 	t.Run("DeviceStates", func(t *testing.T) { testDeviceStates(t, open(t)) })
 	t.Run("Profiles", func(t *testing.T) { testProfiles(t, open(t)) })
 	t.Run("Retention", func(t *testing.T) { testRetention(t, open(t)) })
