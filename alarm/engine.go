@@ -67,11 +67,28 @@ type Engine struct {
 	connects   []store.Activity
 	connQueued atomic.Bool
 
+	// Sessions waiting for their rules' stored states, read in one store
+	// call for all of them (a reconnect storm again); loadMu is a leaf
+	// lock, loadQueued set while a load job is queued.
+	loadMu     sync.Mutex
+	loads      []*Session
+	loadQueued atomic.Bool
+
+	// Rule states waiting to be written, the latest per device and rule:
+	// the sessions hand over what changed at each tick and when they end,
+	// and one job writes it all. stateMu is a leaf lock.
+	stateMu      sync.Mutex
+	states       map[ruleKey]store.AlarmRuleState
+	statesQueued atomic.Bool
+
 	jobs    chan func(ctx context.Context)
 	dropped atomic.Int64
 	stop    chan struct{}
+	drain   chan struct{} // closed by run once it queued its last jobs
 	wg      sync.WaitGroup
 }
+
+type ruleKey struct{ device, rule int64 }
 
 // Start loads the rules and settings and starts the engine.
 func Start(ctx context.Context, cfg Config) (*Engine, error) {
@@ -101,6 +118,7 @@ func Start(ctx context.Context, cfg Config) (*Engine, error) {
 		sessions: map[*Session]struct{}{},
 		jobs:     make(chan func(ctx context.Context), cfg.Queue),
 		stop:     make(chan struct{}),
+		drain:    make(chan struct{}),
 	}
 	if err := e.reload(ctx); err != nil {
 		return nil, err
@@ -190,6 +208,107 @@ func (e *Engine) queueConnects() {
 	}
 }
 
+// queueLoads makes sure one job will load the rule states of the sessions
+// waiting for them. A dropped job is retried by the next tick.
+func (e *Engine) queueLoads() {
+	e.loadMu.Lock()
+	pending := len(e.loads) > 0
+	e.loadMu.Unlock()
+	if pending && e.loadQueued.CompareAndSwap(false, true) && !e.tryDo(e.loadStates) {
+		e.loadQueued.Store(false)
+	}
+}
+
+// loadStates reads the stored rule states of the devices of the waiting
+// sessions, one read for all of them, and hands each session its own. A
+// failed read leaves them waiting for the next tick; until then their
+// rules keep time but do nothing.
+func (e *Engine) loadStates(ctx context.Context) {
+	e.loadQueued.Store(false)
+	e.loadMu.Lock()
+	ws := e.loads
+	e.loads = nil
+	e.loadMu.Unlock()
+	ids := make([]int64, 0, len(ws))
+	for _, w := range ws {
+		ids = append(ids, w.dev.ID)
+	}
+	if len(ids) == 0 {
+		return
+	}
+	states, err := e.cfg.Store.AlarmRuleStates(ctx, ids)
+	if err != nil {
+		e.log.Warn("alarm: reading rule states", "devices", len(ids), "err", err)
+		var live []*Session
+		for _, w := range ws {
+			w.mu.Lock()
+			if !w.ended {
+				live = append(live, w)
+			}
+			w.mu.Unlock()
+		}
+		e.loadMu.Lock()
+		e.loads = append(e.loads, live...)
+		e.loadMu.Unlock()
+		return
+	}
+	byDevice := map[int64][]store.AlarmRuleState{}
+	for _, st := range states {
+		byDevice[st.DeviceID] = append(byDevice[st.DeviceID], st)
+	}
+	now := time.Now()
+	for _, w := range ws {
+		w.restore(byDevice[w.dev.ID], now)
+	}
+}
+
+// stageStates adds changed rule states to those waiting to be written
+// and makes sure a job will write them.
+func (e *Engine) stageStates(changed []store.AlarmRuleState) {
+	e.stateMu.Lock()
+	if len(changed) > 0 && e.states == nil {
+		e.states = map[ruleKey]store.AlarmRuleState{}
+	}
+	for _, st := range changed {
+		e.states[ruleKey{st.DeviceID, st.RuleID}] = st
+	}
+	pending := len(e.states) > 0
+	e.stateMu.Unlock()
+	if pending && e.statesQueued.CompareAndSwap(false, true) && !e.tryDo(e.writeStates) {
+		e.statesQueued.Store(false)
+	}
+}
+
+// writeStates writes the staged rule states. What a failed write leaves
+// is staged again (unless a newer change replaced it) for the next tick.
+func (e *Engine) writeStates(ctx context.Context) {
+	e.statesQueued.Store(false)
+	e.stateMu.Lock()
+	m := e.states
+	e.states = nil
+	e.stateMu.Unlock()
+	if len(m) == 0 {
+		return
+	}
+	list := make([]store.AlarmRuleState, 0, len(m))
+	for _, st := range m {
+		list = append(list, st)
+	}
+	if err := e.cfg.Store.PutAlarmRuleStates(ctx, list); err != nil {
+		e.log.Warn("alarm: writing rule states", "states", len(list), "err", err)
+		e.stateMu.Lock()
+		if e.states == nil {
+			e.states = map[ruleKey]store.AlarmRuleState{}
+		}
+		for k, st := range m {
+			if _, newer := e.states[k]; !newer {
+				e.states[k] = st
+			}
+		}
+		e.stateMu.Unlock()
+	}
+}
+
 // flushConnects writes every connect recorded since the last flush.
 func (e *Engine) flushConnects(ctx context.Context) {
 	e.connQueued.Store(false)
@@ -213,7 +332,7 @@ func (e *Engine) work() {
 		select {
 		case fn := <-e.jobs:
 			run(fn)
-		case <-e.stop:
+		case <-e.drain:
 			for {
 				select {
 				case fn := <-e.jobs:
@@ -237,7 +356,10 @@ func (e *Engine) run() {
 		select {
 		case <-e.stop:
 			e.queueConnects()
+			e.stageStates(e.ruleChanges())
 			e.flushActivity(true)
+			// The worker runs what is queued until now, then stops.
+			close(e.drain)
 			return
 		case now := <-t.C:
 			e.queueConnects()
@@ -289,8 +411,11 @@ func (e *Engine) rulesOf(profile string) []store.AlarmRule {
 
 // tick re-evaluates the rules of every local session with the values it
 // last sent (a condition that holds for its duration fires even when the
-// device sends nothing more) and looks at the bad-input windows.
+// device sends nothing more), hands the rule states that changed to the
+// store (so a state is written at most once a tick, however often the
+// readings cross a threshold) and looks at the bad-input windows.
 func (e *Engine) tick(now time.Time) {
+	var changed []store.AlarmRuleState
 	for _, w := range e.watches() {
 		rules := e.rulesOf(w.dev.Profile)
 		w.mu.Lock()
@@ -299,9 +424,24 @@ func (e *Engine) tick(now time.Time) {
 				w.evaluate(r, st, now)
 			}
 		}
+		changed = w.appendChanges(changed, rules)
 		w.checkBadInput(now)
 		w.mu.Unlock()
 	}
+	e.stageStates(changed)
+	e.queueLoads()
+}
+
+// ruleChanges collects the changed rule states of every local session.
+func (e *Engine) ruleChanges() []store.AlarmRuleState {
+	var changed []store.AlarmRuleState
+	for _, w := range e.watches() {
+		rules := e.rulesOf(w.dev.Profile)
+		w.mu.Lock()
+		changed = w.appendChanges(changed, rules)
+		w.mu.Unlock()
+	}
+	return changed
 }
 
 // flushActivity writes the activity of local sessions that had any since
@@ -414,9 +554,12 @@ func (e *Engine) sweep(ctx context.Context, now time.Time) {
 	}
 }
 
-// SessionStarted implements the gateway's Observer.
+// SessionStarted implements the gateway's Observer. The stored states of
+// the device's rules are loaded in the background (batched with other
+// sessions starting); a profile without rules has none to load.
 func (e *Engine) SessionStarted(dev store.Device, at time.Time) *Session {
-	w := &Session{e: e, dev: dev, last: at, written: at, rules: map[int64]*ruleState{}, badUnknown: true, started: at}
+	w := &Session{e: e, dev: dev, last: at, written: at, rules: map[int64]*ruleState{}, badUnknown: true, started: at,
+		loaded: len(e.rulesOf(dev.Profile)) == 0}
 	e.mu.Lock()
 	e.sessions[w] = struct{}{}
 	e.mu.Unlock()
@@ -424,6 +567,12 @@ func (e *Engine) SessionStarted(dev store.Device, at time.Time) *Session {
 	e.connects = append(e.connects, store.Activity{DeviceID: dev.ID, At: at, Connect: true})
 	e.connMu.Unlock()
 	e.queueConnects()
+	if !w.loaded {
+		e.loadMu.Lock()
+		e.loads = append(e.loads, w)
+		e.loadMu.Unlock()
+		e.queueLoads()
+	}
 	return w
 }
 

@@ -23,6 +23,7 @@ type Session struct {
 	last       time.Time // last activity
 	written    time.Time // last activity handed to the store
 	rules      map[int64]*ruleState
+	loaded     bool        // the rule states stored by earlier sessions are in rules
 	rejects    []time.Time // the latest refusals, at most BadInputLimit
 	badRaised  bool        // this session raised the bad-payload-rate alarm
 	badUnknown bool        // an earlier session may have left it active
@@ -30,24 +31,43 @@ type Session struct {
 }
 
 // ruleState is where one rule stands for one device. The timers start at
-// the arrival of the first message meeting a condition, on this node's
-// clock; they live with the session, so a reconnect (or a restart) starts
-// them again.
+// the arrival of the first message meeting a condition, on the clock of
+// the node that received it. They are kept in the store (written at the
+// next tick after they change, read when a session starts), so that a
+// reconnect, a move to another node or a restart continues them.
 type ruleState struct {
-	value      json.RawMessage // the key's latest value
+	value      json.RawMessage // the key's latest value; nil until this session has one
 	valueTS    int64
 	raiseSince time.Time // zero while the raise condition does not hold
 	clearSince time.Time
-	state      ruleAlarm
+	episode    store.RuleEpisode
+	episodeAt  time.Time
+
+	// Until the stored state is loaded: whether a reading of this session
+	// failed the raise (clear) condition, which ends the stored episode
+	// of that condition.
+	raiseBroke, clearBroke bool
+	// stored is the state as last read from or handed to the store.
+	stored store.AlarmRuleState
 }
 
-type ruleAlarm uint8
+// snapshot is the state to keep in the store.
+func (st *ruleState) snapshot(device, rule int64) store.AlarmRuleState {
+	s := store.AlarmRuleState{DeviceID: device, RuleID: rule, RaiseSince: st.raiseSince, ClearSince: st.clearSince,
+		Episode: st.episode, EpisodeTime: st.episodeAt, ValueTS: st.valueTS}
+	if s.Episode == store.RuleUnknown {
+		s.EpisodeTime = time.Time{}
+	}
+	return s
+}
 
-const (
-	ruleUnknown ruleAlarm = iota // not known whether an alarm of the rule is active
-	ruleRaised
-	ruleCleared
-)
+// sameRuleState tells whether a and b say the same about a rule. The
+// reading's timestamp is left out: it moves with every message, and
+// writing it alone would be a write per message.
+func sameRuleState(a, b store.AlarmRuleState) bool {
+	return a.RaiseSince.Equal(b.RaiseSince) && a.ClearSince.Equal(b.ClearSince) &&
+		a.Episode == b.Episode && a.EpisodeTime.Equal(b.EpisodeTime)
+}
 
 // Handled implements the gateway's SessionObserver.
 func (s *Session) Handled(recs []store.Record, at time.Time) {
@@ -83,6 +103,8 @@ func (s *Session) Handled(recs []store.Record, at time.Time) {
 }
 
 // evaluate moves a rule's state with the key's latest value at now.
+// Until the session has loaded the stored states, the timers move but the
+// rule does nothing: what it should do depends on the stored episode.
 // Called with s.mu held.
 func (s *Session) evaluate(r store.AlarmRule, st *ruleState, now time.Time) {
 	if s.ended || st.value == nil {
@@ -92,8 +114,8 @@ func (s *Session) evaluate(r store.AlarmRule, st *ruleState, now time.Time) {
 		if st.raiseSince.IsZero() {
 			st.raiseSince = now
 		}
-		if st.state != ruleRaised && now.Sub(st.raiseSince) >= time.Duration(r.Raise.Duration) {
-			st.state = ruleRaised
+		if s.loaded && st.episode != store.RuleRaised && now.Sub(st.raiseSince) >= time.Duration(r.Raise.Duration) {
+			st.episode, st.episodeAt = store.RuleRaised, now
 			detail := map[string]any{"rule": r.ID, "key": r.Key, "value": st.value, "ts": st.valueTS,
 				"condition": conditionText(r.Key, r.Raise)}
 			d := s.dev
@@ -105,11 +127,12 @@ func (s *Session) evaluate(r store.AlarmRule, st *ruleState, now time.Time) {
 		}
 	} else {
 		st.raiseSince = time.Time{}
-		if st.state == ruleRaised && r.Clear == nil {
+		st.raiseBroke = st.raiseBroke || !s.loaded
+		if st.episode == store.RuleRaised && r.Clear == nil {
 			// Without a clear condition the alarm stays until a person
 			// clears it; the condition holding again raises it again
 			// (folded into the alarm if it is still active).
-			st.state = ruleUnknown
+			st.episode, st.episodeAt = store.RuleUnknown, time.Time{}
 		}
 	}
 	if r.Clear == nil {
@@ -117,15 +140,86 @@ func (s *Session) evaluate(r store.AlarmRule, st *ruleState, now time.Time) {
 	}
 	if !r.Clear.Holds(st.value) {
 		st.clearSince = time.Time{}
+		st.clearBroke = st.clearBroke || !s.loaded
 		return
 	}
 	if st.clearSince.IsZero() {
 		st.clearSince = now
 	}
-	if st.state != ruleCleared && now.Sub(st.clearSince) >= time.Duration(r.Clear.Duration) {
-		st.state = ruleCleared
+	if s.loaded && st.episode != store.RuleCleared && now.Sub(st.clearSince) >= time.Duration(r.Clear.Duration) {
+		st.episode, st.episodeAt = store.RuleCleared, now
 		s.clearActive(r.Type)
 	}
+}
+
+// restore installs the states stored for the device by earlier sessions
+// (of any node) and lets the rules act. A rule this session has no
+// reading for yet takes its stored state whole: its next reading decides
+// whether the stored condition still holds (then its timer counts from
+// the stored start, across the gap) or not (then it starts again). A rule
+// with readings already keeps a stored timer only if every one of them
+// met its condition.
+func (s *Session) restore(states []store.AlarmRuleState, now time.Time) {
+	rules := s.e.rulesOf(s.dev.Profile)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.loaded || s.ended {
+		return
+	}
+	s.loaded = true
+	stored := make(map[int64]store.AlarmRuleState, len(states))
+	for _, st := range states {
+		stored[st.RuleID] = st
+	}
+	if s.last.After(now) {
+		now = s.last
+	}
+	for _, r := range rules {
+		l, ok := stored[r.ID]
+		st := s.rules[r.ID]
+		if st == nil {
+			if !ok {
+				continue
+			}
+			st = &ruleState{}
+			s.rules[r.ID] = st
+		}
+		st.stored = l
+		if st.value == nil {
+			st.raiseSince, st.clearSince, st.valueTS = l.RaiseSince, l.ClearSince, l.ValueTS
+		} else {
+			if !st.raiseBroke && !st.raiseSince.IsZero() && !l.RaiseSince.IsZero() && l.RaiseSince.Before(st.raiseSince) {
+				st.raiseSince = l.RaiseSince
+			}
+			if !st.clearBroke && !st.clearSince.IsZero() && !l.ClearSince.IsZero() && l.ClearSince.Before(st.clearSince) {
+				st.clearSince = l.ClearSince
+			}
+		}
+		st.episode, st.episodeAt = l.Episode, l.EpisodeTime
+		st.raiseBroke, st.clearBroke = false, false
+		s.evaluate(r, st, now)
+	}
+}
+
+// appendChanges appends the states of rules that changed since they were
+// last read from or handed to the store, and counts them as handed.
+// Nothing before the stored states are loaded: this session's states are
+// incomplete until then. Called with s.mu held.
+func (s *Session) appendChanges(out []store.AlarmRuleState, rules []store.AlarmRule) []store.AlarmRuleState {
+	if !s.loaded {
+		return out
+	}
+	for _, r := range rules {
+		st := s.rules[r.ID]
+		if st == nil {
+			continue
+		}
+		if snap := st.snapshot(s.dev.ID, r.ID); !sameRuleState(snap, st.stored) {
+			out = append(out, snap)
+			st.stored = snap
+		}
+	}
+	return out
 }
 
 // clearActive queues the clearing of the device's active alarm of typ,
@@ -199,13 +293,20 @@ func (s *Session) checkBadInput(now time.Time) {
 	s.clearActive(store.AlarmBadPayloads)
 }
 
-// Ended implements the gateway's SessionObserver.
+// Ended implements the gateway's SessionObserver. The rules' states
+// changed since the last tick are handed to the store now, for the next
+// session.
 func (s *Session) Ended(at time.Time, takenOver bool) {
 	e := s.e
 	e.mu.Lock()
 	delete(e.sessions, s)
 	e.mu.Unlock()
+	rules := e.rulesOf(s.dev.Profile)
 	s.mu.Lock()
+	var changed []store.AlarmRuleState
+	if !s.ended {
+		changed = s.appendChanges(nil, rules)
+	}
 	s.ended = true
 	act := store.Activity{DeviceID: s.dev.ID}
 	if s.last.After(s.written) {
@@ -215,6 +316,7 @@ func (s *Session) Ended(at time.Time, takenOver bool) {
 		act.Disconnect = at
 	}
 	s.mu.Unlock()
+	e.stageStates(changed)
 	if act.At.IsZero() && act.Disconnect.IsZero() {
 		return
 	}
