@@ -508,6 +508,66 @@ func TestStreamAcrossNodes(t *testing.T) {
 	}
 }
 
+// TestAlarmRuleTimerAcrossNodes: "temperature > 40 for 4 s" counts from
+// the first hot reading on node A even though the device reconnects to
+// node B in between: the alarm comes 4 s after that reading, not 4 s
+// after the reconnect.
+func TestAlarmRuleTimerAcrossNodes(t *testing.T) {
+	pg, nats := os.Getenv("THINGLINE_TEST_POSTGRES"), os.Getenv("THINGLINE_TEST_NATS")
+	if pg == "" || nats == "" {
+		t.Skip("THINGLINE_TEST_POSTGRES and THINGLINE_TEST_NATS are needed for two nodes")
+	}
+	storeURL, nats := tstest.PostgresSchema(t, "ops"), tstest.NATSURL()
+	a := startTestNode(t, storeURL, nats, "node-a", nil, nil)
+	b := startTestNode(t, storeURL, nats, "node-b", a, nil)
+	const hold = 4 * time.Second
+	var rule store.AlarmRule
+	if code := a.api("POST", "/api/v1/profiles/default/alarm-rules", `{"type":"high-temperature","key":"temperature","severity":"MAJOR",
+		"raise":{"op":">","value":40,"duration":"4s"}}`, &rule); code != 201 {
+		t.Fatalf("adding rule: HTTP %d", code)
+	}
+	// Both engines apply the rule before the device connects.
+	tstest.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
+		for _, n := range []*testNode{a, b} {
+			if rs := n.Node.alarms.Rules("default"); len(rs) != 1 || rs[0].ID != rule.ID {
+				return fmt.Errorf("%s applies rules %+v", n.cfg.NodeID, rs)
+			}
+		}
+		return nil
+	})
+	d := a.newDevice("SN-MOVE")
+	st := b.stream("device=" + d.name)
+	c := a.connect(d, nil)
+	st.waitFor(t, "connect to node A", isEvent("state", d.name, `"connected":true`, `"node":"node-a"`))
+	publish(t, c, `{"temperature":45}`)
+	hot := st.waitFor(t, "hot reading", isEvent("telemetry", d.name, `"temperature":45`))
+	var reading struct{ TS int64 }
+	json.Unmarshal([]byte(hot.data), &reading)
+	hotAt := time.UnixMilli(reading.TS)
+	c.Disconnect(50)
+	st.waitFor(t, "disconnect from node A", isEvent("state", d.name, `"connected":false`))
+	// The device stays away for half the duration: long enough that a
+	// timer started again on node B would be late by that much.
+	time.Sleep(time.Until(hotAt.Add(hold / 2)))
+
+	c = b.connect(d, nil)
+	st.waitFor(t, "connect to node B", isEvent("state", d.name, `"connected":true`, `"node":"node-b"`))
+	publish(t, c, `{"temperature":46}`)
+	back := st.waitFor(t, "hot reading on node B", isEvent("telemetry", d.name, `"temperature":46`))
+	json.Unmarshal([]byte(back.data), &reading)
+	backAt := time.UnixMilli(reading.TS)
+	raised := st.waitFor(t, "raised alarm", isEvent("alarms", d.name, `"op":"raised"`, `"high-temperature"`))
+	var notice store.AlarmNotice
+	json.Unmarshal([]byte(raised.data), &notice)
+	if held := notice.Alarm.StartTime.Sub(hotAt); held < hold {
+		t.Errorf("alarm raised %v after the first hot reading; want %v at least", held, hold)
+	}
+	if late := notice.Alarm.StartTime.Sub(backAt); late >= hold {
+		t.Errorf("alarm raised %v after the reconnect's reading, %v after the first: the timer started again on node B",
+			late, notice.Alarm.StartTime.Sub(hotAt))
+	}
+}
+
 // TestBadPayloadRateAlarm: a burst of refused messages raises the
 // bad-payload-rate alarm; a quiet window clears it.
 func TestBadPayloadRateAlarm(t *testing.T) {
