@@ -28,12 +28,21 @@ each unit's spiffs.bin, or its loose files when there is no image) and runs
 them as twins that are already provisioned: each connects to --broker with
 its own certificate and publishes telemetry every --interval. Connections
 are opened at most --ramp per second. A summary line is printed every
---summary: sessions up, connects, messages sent and acknowledged, errors.`,
+--summary: sessions up, connects, messages sent and acknowledged, errors.
+The twins take firmware updates as the firmware does; --ota-fail makes a
+share of them (--ota-fail-share) fail theirs, to see how a rollout meets
+such a fleet.`,
 		Example: `  thingline sim --units out --count 1000 --broker mqtts://127.0.0.1:8883 --interval 1s --ramp 500`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.Units == "" || cfg.Broker == "" {
 				return errors.New("sim: --units and --broker are required")
+			}
+			if cmd.Flags().Changed("ota-fail-share") && cfg.OTAFail == "" {
+				return errors.New("sim: --ota-fail-share needs --ota-fail")
+			}
+			if cfg.OTAFailShare <= 0 || cfg.OTAFailShare > 1 {
+				return fmt.Errorf("sim: --ota-fail-share %v is not above 0 and at most 1", cfg.OTAFailShare)
 			}
 			out := cmd.OutOrStdout()
 			if verbose {
@@ -71,6 +80,8 @@ are opened at most --ramp per second. A summary line is printed every
 	f.DurationVar(&cfg.BackoffMax, "backoff-max", time.Minute, "longest delay between reconnection attempts")
 	f.DurationVar(&cfg.AttrEvery, "uptime-every", time.Minute, "period of each twin's uptime attribute")
 	f.IntVar(&cfg.Workers, "workers", 0, "scheduler workers (default 4 per CPU)")
+	f.StringVar(&cfg.OTAFail, "ota-fail", "", "make firmware updates fail, for rollout tests: download, verify, reboot (once, mid-download) or silent")
+	f.Float64Var(&cfg.OTAFailShare, "ota-fail-share", 1, "the share of the twins whose updates fail with --ota-fail, spread evenly (0 to 1)")
 	f.DurationVar(&summary, "summary", 5*time.Second, "period of the summary line")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log every twin's connects and errors to stderr")
 	return c

@@ -128,7 +128,8 @@ type cloudConfig struct {
 	minInterval time.Duration
 	claimSecret string // twin/claim.go
 	claimWindow time.Duration
-	// OTA (twin/ota.go).
+	// OTA (twin/ota.go). otaFail and otaRebooted are each device's
+	// defaults; a Sim gives some of its devices others (SimConfig.OTAFail).
 	otaFail         string
 	otaChunk        int
 	otaChunkTimeout time.Duration
@@ -157,6 +158,11 @@ type device struct {
 	// device's cloud goroutine touches it.
 	broker int
 
+	// How this device's firmware updates fail (OTAFail*), set before it
+	// runs; otaRebooted: the reboot failure was acted out once.
+	otaFail     string
+	otaRebooted *atomic.Bool
+
 	mu         sync.Mutex  // guards the fields below
 	certAnswer chan []byte // a rotation waiting for cert/response
 	st         State
@@ -177,7 +183,8 @@ type device struct {
 }
 
 func newDevice(id *Identity, cc *cloudConfig, st State, persist func(State) error) *device {
-	d := &device{id: id, cc: cc, persist: persist, st: st, dht: newDHT11(id.SN), bootAt: time.Now()}
+	d := &device{id: id, cc: cc, persist: persist, st: st, dht: newDHT11(id.SN), bootAt: time.Now(),
+		otaFail: cc.otaFail, otaRebooted: cc.otaRebooted}
 	// Each twin starts at a broker of its own, so a fleet given several
 	// spreads over them.
 	if len(cc.brokers) > 0 {

@@ -94,7 +94,7 @@ func (d *device) otaOnConnect(c *mqttConn) error {
 			d.cc.logf("%s: %v", d.id.SN, err)
 		}
 	}
-	if d.cc.otaFail == OTAFailSilent {
+	if d.otaFail == OTAFailSilent {
 		return nil
 	}
 	b, _ := json.Marshal(info)
@@ -143,7 +143,7 @@ func (d *device) otaOffer(c *mqttConn, raw json.RawMessage) {
 	if json.Unmarshal(raw, &o) != nil || o.Version == "" || o.Title == "" || o.Checksum == "" || o.Algorithm == "" || o.Size == 0 {
 		return
 	}
-	if d.cc.otaFail == OTAFailSilent || c == nil {
+	if d.otaFail == OTAFailSilent || c == nil {
 		return
 	}
 	d.mu.Lock()
@@ -238,12 +238,12 @@ func (d *device) download(c *mqttConn, sess *otaSession, o fwOffer) {
 		}
 		image = append(image, part...)
 		if n == 0 {
-			switch d.cc.otaFail {
+			switch d.otaFail {
 			case OTAFailDownload:
 				fail("download failed (told to fail)")
 				return
 			case OTAFailReboot:
-				if d.cc.otaRebooted.CompareAndSwap(false, true) {
+				if d.otaRebooted.CompareAndSwap(false, true) {
 					d.cc.logf("%s: firmware: rebooting in the middle of the download (told to)", d.id.SN)
 					d.requestReboot(c)
 					return
@@ -256,7 +256,7 @@ func (d *device) download(c *mqttConn, sess *otaSession, o fwOffer) {
 		return
 	}
 	d.otaState(c, "DOWNLOADED", "")
-	if d.cc.otaFail == OTAFailVerify {
+	if d.otaFail == OTAFailVerify {
 		image[0] ^= 0xff
 	}
 	if ok, err := checksum.Verify(o.Algorithm, image, o.Checksum); err != nil || !ok {

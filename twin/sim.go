@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -31,6 +32,12 @@ type SimConfig struct {
 	Workers    int // scheduler workers, 4 per CPU by default
 	Names      FileNames
 	RPC        RPCBehaviour // every twin's
+	// OTAFail makes firmware updates fail (one of the OTAFail* modes) on
+	// a share of the twins, OTAFailShare (0 to 1; 0 means all), spread
+	// evenly over them in unit order: how a rollout meets a fleet where
+	// some devices cannot update.
+	OTAFail      string
+	OTAFailShare float64
 
 	Logf func(format string, args ...any)
 }
@@ -103,6 +110,15 @@ func NewSim(cfg SimConfig) (*Sim, error) {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4 * runtime.GOMAXPROCS(0)
 	}
+	if !ValidOTAFail(cfg.OTAFail) {
+		return nil, fmt.Errorf("twin: unknown OTA failure mode %q", cfg.OTAFail)
+	}
+	if cfg.OTAFailShare < 0 || cfg.OTAFailShare > 1 {
+		return nil, fmt.Errorf("twin: OTA failure share %v is not between 0 and 1", cfg.OTAFailShare)
+	}
+	if cfg.OTAFailShare == 0 {
+		cfg.OTAFailShare = 1
+	}
 	tc := Config{Interval: cfg.Interval, Keepalive: cfg.Keepalive, BackoffMin: cfg.BackoffMin,
 		BackoffMax: cfg.BackoffMax, AttrEvery: cfg.AttrEvery, Timeout: cfg.Timeout, Logf: cfg.Logf}
 	tc.defaults()
@@ -145,10 +161,22 @@ func NewSim(cfg SimConfig) (*Sim, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	for _, id := range ids {
-		s.devs = append(s.devs, newDevice(id, s.cc, State{WiFi: &WiFiCredentials{SSID: "sim"}}, nil))
+	for i, id := range ids {
+		d := newDevice(id, s.cc, State{WiFi: &WiFiCredentials{SSID: "sim"}}, nil)
+		if cfg.OTAFail != OTAFailNone && otaFails(i, cfg.OTAFailShare) {
+			d.otaFail, d.otaRebooted = cfg.OTAFail, new(atomic.Bool)
+		}
+		s.devs = append(s.devs, d)
 	}
 	return s, nil
+}
+
+// otaFails tells whether twin i of a fleet fails its updates when share of
+// them do: those at which the count of failing ones so far, (i+1)×share,
+// reaches a whole number (with ½, every second twin), so that any first n
+// twins hold n×share of them, rounded down.
+func otaFails(i int, share float64) bool {
+	return math.Floor(float64(i+1)*share) > math.Floor(float64(i)*share)
 }
 
 // Stats returns the fleet's counters.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,4 +106,62 @@ func mustRead(t *testing.T, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestOTAFailShare: a Sim told to fail updates on a share of its twins
+// picks that many, spread over the fleet, and leaves the others updating.
+func TestOTAFailShare(t *testing.T) {
+	for _, tc := range []struct {
+		n     int
+		share float64
+		want  int
+	}{{10, 0.5, 5}, {100, 0.1, 10}, {7, 1, 7}, {3, 0.2, 0}, {1000, 0.25, 250}} {
+		got, run, maxRun := 0, 0, 0
+		for i := range tc.n {
+			if otaFails(i, tc.share) {
+				got++
+				run++
+				maxRun = max(maxRun, run)
+			} else {
+				run = 0
+			}
+		}
+		if got != tc.want {
+			t.Errorf("%d twins, share %v: %d fail; want %d", tc.n, tc.share, got, tc.want)
+		}
+		if tc.share < 1 && maxRun > 1 {
+			t.Errorf("%d twins, share %v: %d failing twins in a row; want them spread", tc.n, tc.share, maxRun)
+		}
+	}
+
+	p := newTestPKI(t)
+	out := t.TempDir()
+	const n = 6
+	for i := range n {
+		sn := fmt.Sprintf("SN-%06d", i+1)
+		writeUnit(t, filepath.Join(out, sn), p.unitFiles(t, sn, "pop"))
+	}
+	s, err := NewSim(SimConfig{Units: out, Count: n, Broker: "mqtts://127.0.0.1:1", OTAFail: OTAFailVerify, OTAFailShare: 0.5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failing []string
+	for _, d := range s.devs {
+		switch d.otaFail {
+		case OTAFailVerify:
+			failing = append(failing, d.id.SN)
+		case OTAFailNone:
+		default:
+			t.Errorf("%s: mode %q", d.id.SN, d.otaFail)
+		}
+	}
+	if want := "SN-000002 SN-000004 SN-000006"; strings.Join(failing, " ") != want {
+		t.Errorf("failing twins %v; want %s", failing, want)
+	}
+	for _, bad := range []SimConfig{{OTAFail: "sometimes"}, {OTAFail: OTAFailDownload, OTAFailShare: 1.5}} {
+		bad.Units, bad.Count, bad.Broker = out, n, "mqtts://127.0.0.1:1"
+		if _, err := NewSim(bad); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
 }
