@@ -98,12 +98,11 @@ func (e *Engine) reconcile(ctx context.Context) {
 // member is done. It returns the rollout as stored and whether it still
 // runs.
 func (e *Engine) advance(ctx context.Context, r store.OTARollout) (store.OTARollout, bool) {
-	members, err := e.cfg.Store.OTARolloutMembers(ctx, r.ID)
+	p, err := e.rolloutProgress(ctx, r)
 	if err != nil {
 		e.log.Warn("ota: reading rollout", "rollout", r.ID, "err", err)
 		return r, false
 	}
-	p := store.CountOTARollout(r.Waves, members)
 	next := r
 	switch {
 	case r.FailureMax > 0 && p.Failed-r.FailuresAcked >= r.FailureMax:
@@ -142,4 +141,13 @@ func (e *Engine) advance(ctx context.Context, r store.OTARollout) (store.OTARoll
 	e.log.Info("ota: rollout", "rollout", r.ID, "status", stored.Status, "wave", stored.CurrentWave+1, "reason", stored.PauseReason)
 	AnnounceRollout(ctx, e.cfg.Bus, stored, p)
 	return stored, stored.Status == store.RolloutRunning
+}
+
+// rolloutProgress counts r's members by outcome, what advance decides from.
+func (e *Engine) rolloutProgress(ctx context.Context, r store.OTARollout) (store.OTAProgress, error) {
+	members, err := e.cfg.Store.OTARolloutMembers(ctx, r.ID)
+	if err != nil {
+		return store.OTAProgress{}, err
+	}
+	return store.CountOTARollout(r.Waves, members), nil
 }
