@@ -182,7 +182,15 @@ type OTA interface {
 	ListOTARollouts(ctx context.Context, status string) ([]OTARollout, error)
 	// UpdateOTARollout writes r only over revision r.Rev.
 	UpdateOTARollout(ctx context.Context, r OTARollout) (stored OTARollout, ok bool, err error)
+	// OTARolloutMembers lists every member with its outcome, for people
+	// (the API, the console); deciding reads OTARolloutCounts.
 	OTARolloutMembers(ctx context.Context, id int64) ([]OTARolloutMember, error)
+	// OTARolloutCounts returns how many of the rollout's members are in
+	// each state, per wave (states with no member may be left out). The
+	// store changes them in the transaction that changes a membership, so
+	// they always equal a recount of OTARolloutMembers, and reading them
+	// costs O(waves), whatever the number of members.
+	OTARolloutCounts(ctx context.Context, id int64) ([]OTAStateCount, error)
 	// CancelOTARolloutQueued marks the rollout's still-QUEUED devices
 	// CANCELED (abort) and returns how many.
 	CancelOTARolloutQueued(ctx context.Context, id int64, reason string, at time.Time) (int, error)
@@ -210,38 +218,76 @@ type OTAWaveProgress struct {
 	Canceled   int `json:"canceled"`
 }
 
+// OTAStateCount is how many members of one wave of a rollout are in one
+// state.
+type OTAStateCount struct {
+	Wave  int    `json:"wave"`
+	State string `json:"state"`
+	N     int    `json:"n"`
+}
+
+// RolloutProgress reads r's counts from s into an OTAProgress.
+func RolloutProgress(ctx context.Context, s OTA, r OTARollout) (OTAProgress, error) {
+	counts, err := s.OTARolloutCounts(ctx, r.ID)
+	if err != nil {
+		return OTAProgress{}, err
+	}
+	return OTAProgressOf(r.Waves, counts), nil
+}
+
+// OTAProgressOf sums per-state counts into an OTAProgress with one entry
+// per wave.
+func OTAProgressOf(waves []int, counts []OTAStateCount) OTAProgress {
+	p := newProgress(waves)
+	for _, c := range counts {
+		p.add(c.Wave, c.State, c.N)
+	}
+	return p
+}
+
 // CountOTARollout tallies a rollout's members into an OTAProgress with one
 // entry per wave.
 func CountOTARollout(waves []int, members []OTARolloutMember) OTAProgress {
+	p := newProgress(waves)
+	for _, m := range members {
+		p.add(m.Wave, m.State, 1)
+	}
+	return p
+}
+
+func newProgress(waves []int) OTAProgress {
 	p := OTAProgress{Waves: make([]OTAWaveProgress, len(waves))}
 	for i, n := range waves {
 		p.Waves[i] = OTAWaveProgress{Wave: i, Size: n}
 	}
-	for _, m := range members {
-		p.Total++
-		var w *OTAWaveProgress
-		if m.Wave >= 0 && m.Wave < len(p.Waves) {
-			w = &p.Waves[m.Wave]
-		} else {
-			w = &OTAWaveProgress{}
-		}
-		switch m.State {
-		case OTAQueued:
-			p.Queued++
-			w.Queued++
-		case OTAUpdated:
-			p.Updated++
-			w.Updated++
-		case OTAFailed:
-			p.Failed++
-			w.Failed++
-		case OTACanceled:
-			p.Canceled++
-			w.Canceled++
-		default:
-			p.InProgress++
-			w.InProgress++
-		}
-	}
 	return p
+}
+
+// add counts n members of wave in state: QUEUED, UPDATED, FAILED and
+// CANCELED are outcomes of their own, every other state is in progress.
+func (p *OTAProgress) add(wave int, state string, n int) {
+	p.Total += n
+	var w *OTAWaveProgress
+	if wave >= 0 && wave < len(p.Waves) {
+		w = &p.Waves[wave]
+	} else {
+		w = &OTAWaveProgress{}
+	}
+	switch state {
+	case OTAQueued:
+		p.Queued += n
+		w.Queued += n
+	case OTAUpdated:
+		p.Updated += n
+		w.Updated += n
+	case OTAFailed:
+		p.Failed += n
+		w.Failed += n
+	case OTACanceled:
+		p.Canceled += n
+		w.Canceled += n
+	default:
+		p.InProgress += n
+		w.InProgress += n
+	}
 }

@@ -93,12 +93,12 @@ CREATE INDEX ota_rollout_devices_device ON ota_rollout_devices(device_id)`},
 		// Retention removes old history of every device, oldest first.
 		Migration{Name: "ota/003", SQL: `CREATE INDEX ota_history_ts ON ota_history(ts)`})
 	RegisterPurge(func(ctx context.Context, tx *Tx, device int64) error {
-		for _, t := range []string{"ota_devices", "ota_history", "ota_rollout_devices"} {
+		for _, t := range []string{"ota_devices", "ota_history"} {
 			if _, err := tx.Exec(ctx, "DELETE FROM "+t+" WHERE device_id=?", device); err != nil {
 				return err
 			}
 		}
-		return nil
+		return purgeMembers(ctx, tx, device)
 	})
 }
 
@@ -261,8 +261,8 @@ func getOTADevice(ctx context.Context, q interface {
 }
 
 // otaHistory records a state change of d in the history and, for a
-// rollout member, in the membership.
-func otaHistory(ctx context.Context, tx *Tx, d store.OTADevice) error {
+// rollout member, in the membership, counting it in c.
+func otaHistory(ctx context.Context, tx *Tx, c tally, d store.OTADevice) error {
 	if _, err := tx.Exec(ctx, "INSERT INTO ota_history(device_id, ts, package_id, rollout_id, state, error) VALUES (?,?,?,?,?,?)",
 		d.DeviceID, ToNS(d.StateAt), d.PackageID, d.RolloutID, d.State, d.Error); err != nil {
 		return err
@@ -270,14 +270,12 @@ func otaHistory(ctx context.Context, tx *Tx, d store.OTADevice) error {
 	if d.RolloutID == 0 {
 		return nil
 	}
-	_, err := tx.Exec(ctx, "UPDATE ota_rollout_devices SET state=?, error=?, updated_at=? WHERE rollout_id=? AND device_id=?",
-		d.State, d.Error, ToNS(d.StateAt), d.RolloutID, d.DeviceID)
-	return err
+	return setMember(ctx, tx, c, d.RolloutID, d.DeviceID, d.State, d.Error, ToNS(d.StateAt), nil)
 }
 
 // putOTADevice replaces a device's row inside tx and cancels an unfinished
-// membership of another rollout.
-func putOTADevice(ctx context.Context, tx *Tx, d store.OTADevice) (store.OTADevice, error) {
+// membership of another rollout, counting the changes in c.
+func putOTADevice(ctx context.Context, tx *Tx, c tally, d store.OTADevice) (store.OTADevice, error) {
 	var rev int64
 	err := tx.QueryRow(ctx, "SELECT rev FROM ota_devices WHERE device_id=?", d.DeviceID).Scan(&rev)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
@@ -293,12 +291,31 @@ func putOTADevice(ctx context.Context, tx *Tx, d store.OTADevice) (store.OTADevi
 		d.CurrentTitle, d.CurrentVersion, ToNS(d.StateAt), ToNS(d.Deadline), d.Rev, ToNS(d.ReportAt)); err != nil {
 		return d, err
 	}
-	if _, err := tx.Exec(ctx, `UPDATE ota_rollout_devices SET state=?, error=?, updated_at=?
- WHERE device_id=? AND rollout_id<>? AND state NOT IN ('UPDATED','FAILED','CANCELED')`,
-		store.OTACanceled, "superseded by a newer assignment", ToNS(d.StateAt), d.DeviceID, d.RolloutID); err != nil {
+	rows, err := tx.Query(ctx, `SELECT rollout_id FROM ota_rollout_devices
+ WHERE device_id=? AND rollout_id<>? AND state NOT IN ('UPDATED','FAILED','CANCELED') ORDER BY rollout_id`, d.DeviceID, d.RolloutID)
+	if err != nil {
 		return d, err
 	}
-	return d, otaHistory(ctx, tx, d)
+	var older []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return d, err
+		}
+		older = append(older, id)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return d, err
+	}
+	for _, id := range older {
+		if err := setMember(ctx, tx, c, id, d.DeviceID, store.OTACanceled, "superseded by a newer assignment",
+			ToNS(d.StateAt), store.OTATerminal); err != nil {
+			return d, err
+		}
+	}
+	return d, otaHistory(ctx, tx, c, d)
 }
 
 // PutOTADevice implements store.OTA.
@@ -307,9 +324,12 @@ func (t *Tables) PutOTADevice(ctx context.Context, d store.OTADevice) (store.OTA
 		d.StateAt = time.Now()
 	}
 	err := t.db.Write(ctx, func(ctx context.Context, tx *Tx) error {
+		c := tally{}
 		var err error
-		d, err = putOTADevice(ctx, tx, d)
-		return err
+		if d, err = putOTADevice(ctx, tx, c, d); err != nil {
+			return err
+		}
+		return c.apply(ctx, tx)
 	})
 	if err != nil {
 		return d, fmt.Errorf("sqldb: assigning firmware to device %d: %w", d.DeviceID, err)
@@ -360,7 +380,11 @@ func (t *Tables) UpdateOTADevice(ctx context.Context, d store.OTADevice) (store.
 		}
 		ok = true
 		if d.State != old.State || d.Attempts != old.Attempts || d.Error != old.Error {
-			return otaHistory(ctx, tx, d)
+			c := tally{}
+			if err := otaHistory(ctx, tx, c, d); err != nil {
+				return err
+			}
+			return c.apply(ctx, tx)
 		}
 		return nil
 	})
@@ -475,17 +499,19 @@ func (t *Tables) CreateOTARollout(ctx context.Context, r store.OTARollout, membe
 			return err
 		}
 		r.ID = id
+		c := tally{}
 		for _, m := range members {
 			if _, err := tx.Exec(ctx, "INSERT INTO ota_rollout_devices(rollout_id, device_id, wave, state, updated_at) VALUES (?,?,?,?,?)",
 				id, m.DeviceID, m.Wave, store.OTAQueued, ToNS(r.CreatedAt)); err != nil {
 				return err
 			}
-			if _, err := putOTADevice(ctx, tx, store.OTADevice{DeviceID: m.DeviceID, PackageID: r.PackageID,
+			c.move(id, m.Wave, "", store.OTAQueued)
+			if _, err := putOTADevice(ctx, tx, c, store.OTADevice{DeviceID: m.DeviceID, PackageID: r.PackageID,
 				Source: store.OTASourceRollout, RolloutID: id, Wave: m.Wave, State: store.OTAQueued, StateAt: r.CreatedAt}); err != nil {
 				return err
 			}
 		}
-		return nil
+		return c.apply(ctx, tx)
 	})
 	if err != nil {
 		return r, fmt.Errorf("sqldb: creating rollout: %w", err)
@@ -550,7 +576,8 @@ func (t *Tables) OTARolloutMembers(ctx context.Context, id int64) ([]store.OTARo
 func (t *Tables) CancelOTARolloutQueued(ctx context.Context, id int64, reason string, at time.Time) (int, error) {
 	n := 0
 	err := t.db.Write(ctx, func(ctx context.Context, tx *Tx) error {
-		rows, err := tx.Query(ctx, "SELECT device_id, rev, package_id FROM ota_devices WHERE rollout_id=? AND state=?", id, store.OTAQueued)
+		rows, err := tx.Query(ctx, "SELECT device_id, rev, package_id FROM ota_devices WHERE rollout_id=? AND state=? ORDER BY device_id",
+			id, store.OTAQueued)
 		if err != nil {
 			return err
 		}
@@ -568,18 +595,26 @@ func (t *Tables) CancelOTARolloutQueued(ctx context.Context, id int64, reason st
 		if err := rows.Err(); err != nil {
 			return err
 		}
+		c := tally{}
+		n = 0
 		for _, r := range rs {
-			if _, err := tx.Exec(ctx, "UPDATE ota_devices SET state=?, error=?, state_at=?, deadline=0, rev=rev+1 WHERE device_id=?",
-				store.OTACanceled, reason, ToNS(at), r.dev); err != nil {
+			// Only a device still queued for this rollout: another node
+			// may have initiated it since the read above.
+			res, err := tx.Exec(ctx, `UPDATE ota_devices SET state=?, error=?, state_at=?, deadline=0, rev=rev+1
+ WHERE device_id=? AND rollout_id=? AND state=?`, store.OTACanceled, reason, ToNS(at), r.dev, id, store.OTAQueued)
+			if err != nil {
 				return err
 			}
-			if err := otaHistory(ctx, tx, store.OTADevice{DeviceID: r.dev, PackageID: r.pkg, RolloutID: id,
+			if k, _ := res.RowsAffected(); k == 0 {
+				continue
+			}
+			if err := otaHistory(ctx, tx, c, store.OTADevice{DeviceID: r.dev, PackageID: r.pkg, RolloutID: id,
 				State: store.OTACanceled, Error: reason, StateAt: at}); err != nil {
 				return err
 			}
+			n++
 		}
-		n = len(rs)
-		return nil
+		return c.apply(ctx, tx)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("sqldb: canceling queued devices of rollout %d: %w", id, err)

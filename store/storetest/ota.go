@@ -3,6 +3,11 @@ package storetest
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"maps"
+	"reflect"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -154,5 +159,246 @@ func testOTA(t *testing.T, s store.Store) {
 	}
 	if err := s.DeleteOTAPackage(ctx, p.ID); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("second delete: %v", err)
+	}
+}
+
+// checkCounts compares a rollout's counts with a recount of its members,
+// per wave and state, and returns the progress they make.
+func checkCounts(t *testing.T, s store.Store, rollout store.OTARollout) store.OTAProgress {
+	t.Helper()
+	ctx := ctxT(t)
+	counts, err := s.OTARolloutCounts(ctx, rollout.ID)
+	if err != nil {
+		t.Fatalf("counts of rollout %d: %v", rollout.ID, err)
+	}
+	members, err := s.OTARolloutMembers(ctx, rollout.ID)
+	if err != nil {
+		t.Fatalf("members of rollout %d: %v", rollout.ID, err)
+	}
+	type key struct {
+		wave  int
+		state string
+	}
+	got, want := map[key]int{}, map[key]int{}
+	for _, c := range counts {
+		if c.N != 0 {
+			got[key{c.Wave, c.State}] += c.N
+		}
+	}
+	for _, m := range members {
+		want[key{m.Wave, m.State}]++
+	}
+	if !maps.Equal(got, want) {
+		t.Fatalf("rollout %d: counts %v, a recount of the members gives %v", rollout.ID, got, want)
+	}
+	p := store.OTAProgressOf(rollout.Waves, counts)
+	if recount := store.CountOTARollout(rollout.Waves, members); !reflect.DeepEqual(p, recount) {
+		t.Fatalf("rollout %d: progress %+v, from the members %+v", rollout.ID, p, recount)
+	}
+	return p
+}
+
+// testOTACounts: every way a membership changes (creation, the engine's
+// transitions, a retry, a newer assignment or rollout, abort, a deleted
+// device) keeps the counts equal to a recount of the members.
+func testOTACounts(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	p, err := s.CreateOTAPackage(ctx, store.OTAPackage{Title: "fw", Version: "2", Checksum: "c", ChecksumAlgorithm: "SHA256"}, []byte("image"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var devs []store.Device
+	var members []store.OTARolloutMember
+	for i := range 10 {
+		d := mustDevice(t, s, fmt.Sprintf("cnt-%d", i))
+		devs = append(devs, d)
+		members = append(members, store.OTARolloutMember{DeviceID: d.ID, Wave: min(i/3, 2)})
+	}
+	r1, err := s.CreateOTARollout(ctx, store.OTARollout{PackageID: p.ID, Status: store.RolloutRunning, Waves: []int{3, 3, 4},
+		Total: 10, SuccessPercent: 100, FailureMax: 5}, members)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pr := checkCounts(t, s, r1); pr.Queued != 10 || pr.Waves[2].Queued != 4 {
+		t.Fatalf("created: %+v", pr)
+	}
+
+	at := base
+	step := func(i int, state string, attempts int) store.OTADevice {
+		t.Helper()
+		row, err := s.GetOTADevice(ctx, devs[i].ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		at = at.Add(time.Second)
+		row.State, row.Attempts, row.StateAt = state, attempts, at
+		row.Error = ""
+		if state == store.OTAFailed {
+			row.Error = "boom"
+		}
+		stored, ok, err := s.UpdateOTADevice(ctx, row)
+		if err != nil || !ok {
+			t.Fatalf("device %d to %s: %v %v", i, state, ok, err)
+		}
+		return stored
+	}
+	for _, st := range []string{store.OTAInitiated, store.OTADownloading, store.OTAUpdated} {
+		step(0, st, 1)
+	}
+	step(1, store.OTAInitiated, 1)
+	step(1, store.OTAFailed, 1)
+	step(2, store.OTAInitiated, 1)
+	before := step(2, store.OTAInitiated, 2) // an attempt more, the same state
+	step(3, store.OTAInitiated, 1)
+	// A writer that lost the compare-and-set changes nothing, counts
+	// included.
+	stale := before
+	stale.Rev--
+	stale.State = store.OTAFailed
+	if _, ok, err := s.UpdateOTADevice(ctx, stale); ok || err != nil {
+		t.Fatalf("stale update: %v %v", ok, err)
+	}
+	pr := checkCounts(t, s, r1)
+	if pr.Updated != 1 || pr.Failed != 1 || pr.InProgress != 2 || pr.Queued != 6 || pr.Waves[0].InProgress != 1 || pr.Waves[1].InProgress != 1 {
+		t.Fatalf("after the transitions: %+v", pr)
+	}
+
+	// Resume with retryFailed queues the failed member again.
+	step(1, store.OTAQueued, 0)
+	if pr := checkCounts(t, s, r1); pr.Failed != 0 || pr.Queued != 7 {
+		t.Fatalf("after the retry: %+v", pr)
+	}
+
+	// A device's own assignment supersedes its queued membership.
+	if _, err := s.PutOTADevice(ctx, store.OTADevice{DeviceID: devs[4].ID, PackageID: p.ID, Source: store.OTASourceDevice,
+		State: store.OTAQueued, StateAt: at}); err != nil {
+		t.Fatal(err)
+	}
+	// So does a newer rollout, except where the update is finished.
+	r2, err := s.CreateOTARollout(ctx, store.OTARollout{PackageID: p.ID, Status: store.RolloutRunning, Waves: []int{3},
+		Total: 3, SuccessPercent: 100, FailureMax: 1}, []store.OTARolloutMember{{DeviceID: devs[0].ID}, {DeviceID: devs[5].ID}, {DeviceID: devs[6].ID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pr := checkCounts(t, s, r1); pr.Canceled != 3 || pr.Updated != 1 || pr.Queued != 4 {
+		t.Fatalf("r1 after being superseded: %+v", pr)
+	}
+	if pr := checkCounts(t, s, r2); pr.Queued != 3 {
+		t.Fatalf("r2: %+v", pr)
+	}
+
+	// Abort: what is still queued is canceled; what runs goes on.
+	n, err := s.CancelOTARolloutQueued(ctx, r1.ID, "rollout aborted", at.Add(time.Minute))
+	if err != nil || n != 4 {
+		t.Fatalf("cancel: %d %v, want 4", n, err)
+	}
+	if pr := checkCounts(t, s, r1); pr.Canceled != 7 || pr.Queued != 0 || pr.InProgress != 2 {
+		t.Fatalf("r1 aborted: %+v", pr)
+	}
+	// A member of the new rollout (canceled in the old one) runs and is
+	// then deleted; so is one still in progress in the aborted one.
+	step(5, store.OTAInitiated, 1)
+	for _, name := range []string{"cnt-5", "cnt-3"} {
+		if err := s.DeleteDevice(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if pr := checkCounts(t, s, r1); pr.Total != 8 || pr.InProgress != 1 || pr.Waves[1].InProgress != 0 {
+		t.Fatalf("r1 after deleting devices: %+v", pr)
+	}
+	if pr := checkCounts(t, s, r2); pr.Total != 2 || pr.InProgress != 0 || pr.Queued != 2 {
+		t.Fatalf("r2 after deleting a device: %+v", pr)
+	}
+	if c, err := s.OTARolloutCounts(ctx, r2.ID+100); err != nil || len(c) != 0 {
+		t.Fatalf("counts of no rollout: %+v %v", c, err)
+	}
+}
+
+// testOTACountsConcurrent: engines of several nodes stepping the same
+// devices (each transition written by whoever wins the compare-and-set),
+// an abort and newer assignments at the same time leave counts equal to a
+// recount of the members.
+func testOTACountsConcurrent(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	p, err := s.CreateOTAPackage(ctx, store.OTAPackage{Title: "fw", Version: "3", Checksum: "c", ChecksumAlgorithm: "SHA256"}, []byte("image"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	var devs []store.Device
+	var members []store.OTARolloutMember
+	for i := range n {
+		d := mustDevice(t, s, fmt.Sprintf("cc-%02d", i))
+		devs = append(devs, d)
+		members = append(members, store.OTARolloutMember{DeviceID: d.ID, Wave: i % 2})
+	}
+	r, err := s.CreateOTARollout(ctx, store.OTARollout{PackageID: p.ID, Status: store.RolloutRunning, Waves: []int{n / 2, n / 2},
+		Total: n, SuccessPercent: 100, FailureMax: n}, members)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := []string{store.OTAInitiated, store.OTADownloading, store.OTADownloaded, store.OTAUpdating, store.OTAUpdated}
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	// Three "nodes" race over the first 30 devices: each moves a device
+	// one state on from what it reads, and the loser reads again.
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 30 {
+				d := devs[(i+w*7)%30]
+				for {
+					row, err := s.GetOTADevice(ctx, d.ID)
+					if err != nil {
+						errs <- err
+						return
+					}
+					if row.RolloutID != r.ID || store.OTATerminal(row.State) {
+						break
+					}
+					next := row
+					next.StateAt = time.Now()
+					switch k := slices.Index(path, row.State); {
+					case i%7 == 3 && k == 2:
+						next.State, next.Error = store.OTAFailed, "verify failed"
+					default:
+						next.State = path[k+1]
+					}
+					if _, _, err := s.UpdateOTADevice(ctx, next); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+		}()
+	}
+	// Meanwhile the operator aborts, and some devices get their own
+	// assignment.
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if _, err := s.CancelOTARolloutQueued(ctx, r.ID, "rollout aborted", time.Now()); err != nil {
+			errs <- err
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for i := 0; i < n; i += 4 {
+			if _, err := s.PutOTADevice(ctx, store.OTADevice{DeviceID: devs[i].ID, PackageID: p.ID, Source: store.OTASourceDevice,
+				State: store.OTAQueued, StateAt: time.Now()}); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	pr := checkCounts(t, s, r)
+	if pr.Total != n || pr.Queued != 0 {
+		t.Fatalf("progress %+v: want %d members, none queued after the abort", pr, n)
 	}
 }

@@ -48,6 +48,8 @@ func Run(t *testing.T, open Opener) {
 	t.Run("TelemetryCancel", func(t *testing.T) { testTelemetryCancel(t, open(t)) })
 	t.Run("AsyncAppend", func(t *testing.T) { testAsyncAppend(t, open(t)) })
 	t.Run("OTA", func(t *testing.T) { testOTA(t, open(t)) })
+	t.Run("OTACounts", func(t *testing.T) { testOTACounts(t, open(t)) })
+	t.Run("OTACountsConcurrent", func(t *testing.T) { testOTACountsConcurrent(t, open(t)) })
 	t.Run("DeleteRecreate", func(t *testing.T) { testDeleteRecreate(t, open(t)) })
 	t.Run("Alarms", func(t *testing.T) { testAlarms(t, open(t)) })
 	t.Run("AlarmsConcurrent", func(t *testing.T) { testAlarmsConcurrent(t, open(t)) })
