@@ -201,7 +201,13 @@ type rolloutReport struct {
 	Devices  []store.OTARolloutMember `json:"devices"`
 }
 
+// report reads ro's progress from the store's counts, the same numbers
+// the engines decide from, and lists its members.
 func (s *Server) report(ctx context.Context, ro store.OTARollout) (rolloutReport, error) {
+	progress, err := store.RolloutProgress(ctx, s.cfg.Store, ro)
+	if err != nil {
+		return rolloutReport{}, err
+	}
 	members, err := s.cfg.Store.OTARolloutMembers(ctx, ro.ID)
 	if err != nil {
 		return rolloutReport{}, err
@@ -210,7 +216,7 @@ func (s *Server) report(ctx context.Context, ro store.OTARollout) (rolloutReport
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return rolloutReport{}, err
 	}
-	return rolloutReport{OTARollout: ro, Target: p, Progress: store.CountOTARollout(ro.Waves, members), Devices: members}, nil
+	return rolloutReport{OTARollout: ro, Target: p, Progress: progress, Devices: members}, nil
 }
 
 func (s *Server) getRollout(w http.ResponseWriter, r *http.Request) error {
@@ -234,12 +240,12 @@ func (s *Server) changeRollout(w http.ResponseWriter, r *http.Request, fn func(r
 		return err
 	}
 	for range 10 {
-		rep, err := s.report(r.Context(), ro)
+		p, err := store.RolloutProgress(r.Context(), s.cfg.Store, ro)
 		if err != nil {
 			return err
 		}
 		next := ro
-		if err := fn(&next, rep.Progress); err != nil {
+		if err := fn(&next, p); err != nil {
 			return err
 		}
 		stored, ok, err := s.cfg.Store.UpdateOTARollout(r.Context(), next)

@@ -143,11 +143,10 @@ func (e *Engine) advance(ctx context.Context, r store.OTARollout) (store.OTARoll
 	return stored, stored.Status == store.RolloutRunning
 }
 
-// rolloutProgress counts r's members by outcome, what advance decides from.
+// rolloutProgress counts r's members by outcome, what advance decides
+// from. The store keeps the counts as members change, so this reads a few
+// rows per wave, not every member: a tick costs the same for a rollout of
+// ten devices or of the whole fleet.
 func (e *Engine) rolloutProgress(ctx context.Context, r store.OTARollout) (store.OTAProgress, error) {
-	members, err := e.cfg.Store.OTARolloutMembers(ctx, r.ID)
-	if err != nil {
-		return store.OTAProgress{}, err
-	}
-	return store.CountOTARollout(r.Waves, members), nil
+	return store.RolloutProgress(ctx, e.cfg.Store, r)
 }
