@@ -99,3 +99,57 @@ func TestReportFromTheBus(t *testing.T) {
 		t.Errorf("history %+v: the stale FAILED must not be in it", h)
 	}
 }
+
+// TestQueuedBehindAWaitingRollout: a device assigned directly starts at
+// the next sweep even when more than a sweep's worth of queued devices
+// (a paused rollout's, with lower ids) wait before it; and so does the
+// current wave of a rollout whose later waves hold lower ids.
+func TestQueuedBehindAWaitingRollout(t *testing.T) {
+	ctx := context.Background()
+	st, _, e, _, p := engineEnv(t, "SN-0")
+	const n = 1100 // more than the 1000 queued rows one query reads
+	var held, later []store.OTARolloutMember
+	for i := range n {
+		d, _, _, err := st.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("SN-H%04d", i)}, store.Credential{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, store.OTARolloutMember{DeviceID: d.ID})
+		d, _, _, err = st.EnsureDevice(ctx, store.Device{Name: fmt.Sprintf("SN-L%04d", i)}, store.Credential{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		later = append(later, store.OTARolloutMember{DeviceID: d.ID, Wave: 1})
+	}
+	if _, err := st.CreateOTARollout(ctx, store.OTARollout{PackageID: p.ID, Status: store.RolloutPaused, PauseReason: "held",
+		Waves: []int{n}, Total: n, SuccessPercent: 100, FailureMax: 1}, held); err != nil {
+		t.Fatal(err)
+	}
+	first, _, _, err := st.EnsureDevice(ctx, store.Device{Name: "SN-FIRST"}, store.Credential{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct, _, _, err := st.EnsureDevice(ctx, store.Device{Name: "SN-DIRECT"}, store.Credential{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The second rollout's first wave is its newest device.
+	r, err := st.CreateOTARollout(ctx, store.OTARollout{PackageID: p.ID, Status: store.RolloutRunning, Waves: []int{1, n},
+		Total: n + 1, SuccessPercent: 100, FailureMax: 1}, append([]store.OTARolloutMember{{DeviceID: first.ID}}, later...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.PutOTADevice(ctx, store.OTADevice{DeviceID: direct.ID, PackageID: p.ID, Source: store.OTASourceDevice,
+		State: store.OTAQueued}); err != nil {
+		t.Fatal(err)
+	}
+	e.sweep(ctx)
+	for _, d := range []store.Device{direct, first} {
+		if row, err := st.GetOTADevice(ctx, d.ID); err != nil || row.State != store.OTAInitiated {
+			t.Errorf("%s after a sweep: %+v %v, want INITIATED", d.Name, row, err)
+		}
+	}
+	if rows, err := st.ListOTADevices(ctx, store.OTADeviceQuery{RolloutID: r.ID, States: []string{store.OTAInitiated}}); err != nil || len(rows) != 1 {
+		t.Errorf("rollout %d: %d devices initiated (%v), want only its first wave's", r.ID, len(rows), err)
+	}
+}

@@ -40,17 +40,7 @@ func (e *Engine) sweep(ctx context.Context) {
 			running[r.ID] = r
 		}
 	}
-	queued, err := e.cfg.Store.ListOTADevices(ctx, store.OTADeviceQuery{States: []string{store.OTAQueued}})
-	if err != nil {
-		e.log.Warn("ota: listing queued updates", "err", err)
-	}
-	for _, d := range queued {
-		if d.RolloutID != 0 {
-			r, ok := running[d.RolloutID]
-			if !ok || d.Wave > r.CurrentWave {
-				continue
-			}
-		}
+	for _, d := range e.startable(ctx, running) {
 		dev, err := e.cfg.Store.GetDeviceByID(ctx, d.DeviceID)
 		if err != nil {
 			continue
@@ -59,6 +49,27 @@ func (e *Engine) sweep(ctx context.Context) {
 			e.log.Warn("ota: initiating", "device", dev.Name, "err", err)
 		}
 	}
+}
+
+// startable reads the queued rows that may start now: those of no rollout
+// and those of the running rollouts' started waves, each query bounded
+// (1000 rows). The rows that must wait (a paused rollout, a later wave)
+// are not read, however many: they would cost every tick, and could
+// fill the bound ahead of the rows to start.
+func (e *Engine) startable(ctx context.Context, running map[int64]store.OTARollout) []store.OTADevice {
+	queued := []string{store.OTAQueued}
+	rows, err := e.cfg.Store.ListOTADevices(ctx, store.OTADeviceQuery{NoRollout: true, States: queued})
+	if err != nil {
+		e.log.Warn("ota: listing queued updates", "err", err)
+	}
+	for _, r := range running {
+		more, err := e.cfg.Store.ListOTADevices(ctx, store.OTADeviceQuery{RolloutID: r.ID, FirstWaves: r.CurrentWave + 1, States: queued})
+		if err != nil {
+			e.log.Warn("ota: listing queued updates", "rollout", r.ID, "err", err)
+		}
+		rows = append(rows, more...)
+	}
+	return rows
 }
 
 // reconcile replays, from the stored telemetry, the reports of devices in

@@ -80,6 +80,12 @@ type OTADevice struct {
 // OTADeviceQuery selects device rows; zero fields do not filter.
 type OTADeviceQuery struct {
 	RolloutID int64
+	// FirstWaves, with RolloutID, keeps the rows of the rollout's first
+	// FirstWaves waves (those started), earliest wave first.
+	FirstWaves int
+	// NoRollout keeps the rows of no rollout (device and profile
+	// assignments).
+	NoRollout bool
 	PackageID int64
 	States    []string
 	DueBefore time.Time // non-terminal rows with a deadline at or before

@@ -91,7 +91,12 @@ CREATE TABLE ota_rollout_devices (
 CREATE INDEX ota_rollout_devices_device ON ota_rollout_devices(device_id)`},
 		Migration{Name: "ota/002", SQL: `ALTER TABLE ota_devices ADD COLUMN report_at BIGINT NOT NULL DEFAULT 0`},
 		// Retention removes old history of every device, oldest first.
-		Migration{Name: "ota/003", SQL: `CREATE INDEX ota_history_ts ON ota_history(ts)`})
+		Migration{Name: "ota/003", SQL: `CREATE INDEX ota_history_ts ON ota_history(ts)`},
+		// The tick's queued rows that may start (of no rollout, or of a
+		// rollout's started waves) and a rollout's rows in one state are
+		// ranges of this index, in the order they are read: a tick reads
+		// what it starts, not the queue ahead of it.
+		Migration{Name: "ota/005", SQL: `CREATE INDEX ota_devices_state ON ota_devices(state, rollout_id, wave, device_id)`})
 	RegisterPurge(func(ctx context.Context, tx *Tx, device int64) error {
 		for _, t := range []string{"ota_devices", "ota_history"} {
 			if _, err := tx.Exec(ctx, "DELETE FROM "+t+" WHERE device_id=?", device); err != nil {
@@ -403,8 +408,16 @@ func (t *Tables) UpdateOTADevice(ctx context.Context, d store.OTADevice) (store.
 func (t *Tables) ListOTADevices(ctx context.Context, q store.OTADeviceQuery) ([]store.OTADevice, error) {
 	var where []string
 	var args []any
-	if q.RolloutID != 0 {
+	order := "o.device_id"
+	switch {
+	case q.RolloutID != 0:
 		where, args = append(where, "o.rollout_id=?"), append(args, q.RolloutID)
+		if q.FirstWaves > 0 {
+			where, args = append(where, "o.wave<?"), append(args, q.FirstWaves)
+		}
+		order = "o.wave, o.device_id"
+	case q.NoRollout:
+		where, order = append(where, "o.rollout_id=0"), "o.wave, o.device_id"
 	}
 	if q.PackageID != 0 {
 		where, args = append(where, "o.package_id=?"), append(args, q.PackageID)
@@ -427,7 +440,7 @@ func (t *Tables) ListOTADevices(ctx context.Context, q store.OTADeviceQuery) ([]
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
-	query += fmt.Sprintf(" ORDER BY o.device_id LIMIT %d", limit)
+	query += fmt.Sprintf(" ORDER BY %s LIMIT %d", order, limit)
 	rows, err := t.db.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("sqldb: listing ota states: %w", err)

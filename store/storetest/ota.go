@@ -268,11 +268,34 @@ func testOTACounts(t *testing.T, s store.Store) {
 	if pr := checkCounts(t, s, r1); pr.Failed != 0 || pr.Queued != 7 {
 		t.Fatalf("after the retry: %+v", pr)
 	}
+	// The queued rows of the started waves, earliest wave first.
+	ids := func(q store.OTADeviceQuery) []int64 {
+		t.Helper()
+		rows, err := s.ListOTADevices(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []int64
+		for _, r := range rows {
+			out = append(out, r.DeviceID)
+		}
+		return out
+	}
+	queued := []string{store.OTAQueued}
+	if got := ids(store.OTADeviceQuery{RolloutID: r1.ID, FirstWaves: 1, States: queued}); !slices.Equal(got, []int64{devs[1].ID}) {
+		t.Fatalf("queued in the first wave: %v, want [%d]", got, devs[1].ID)
+	}
+	if got := ids(store.OTADeviceQuery{RolloutID: r1.ID, FirstWaves: 2, States: queued}); !slices.Equal(got, []int64{devs[1].ID, devs[4].ID, devs[5].ID}) {
+		t.Fatalf("queued in the first two waves: %v", got)
+	}
 
 	// A device's own assignment supersedes its queued membership.
 	if _, err := s.PutOTADevice(ctx, store.OTADevice{DeviceID: devs[4].ID, PackageID: p.ID, Source: store.OTASourceDevice,
 		State: store.OTAQueued, StateAt: at}); err != nil {
 		t.Fatal(err)
+	}
+	if got := ids(store.OTADeviceQuery{NoRollout: true, States: queued}); !slices.Equal(got, []int64{devs[4].ID}) {
+		t.Fatalf("queued of no rollout: %v, want [%d]", got, devs[4].ID)
 	}
 	// So does a newer rollout, except where the update is finished.
 	r2, err := s.CreateOTARollout(ctx, store.OTARollout{PackageID: p.ID, Status: store.RolloutRunning, Waves: []int{3},
