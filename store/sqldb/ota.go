@@ -589,16 +589,16 @@ func (t *Tables) OTARolloutMembers(ctx context.Context, id int64) ([]store.OTARo
 func (t *Tables) CancelOTARolloutQueued(ctx context.Context, id int64, reason string, at time.Time) (int, error) {
 	n := 0
 	err := t.db.Write(ctx, func(ctx context.Context, tx *Tx) error {
-		rows, err := tx.Query(ctx, "SELECT device_id, rev, package_id FROM ota_devices WHERE rollout_id=? AND state=? ORDER BY device_id",
+		rows, err := tx.Query(ctx, "SELECT device_id, package_id FROM ota_devices WHERE rollout_id=? AND state=? ORDER BY device_id",
 			id, store.OTAQueued)
 		if err != nil {
 			return err
 		}
-		type row struct{ dev, rev, pkg int64 }
+		type row struct{ dev, pkg int64 }
 		var rs []row
 		for rows.Next() {
 			var r row
-			if err := rows.Scan(&r.dev, &r.rev, &r.pkg); err != nil {
+			if err := rows.Scan(&r.dev, &r.pkg); err != nil {
 				rows.Close()
 				return err
 			}
