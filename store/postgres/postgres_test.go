@@ -94,3 +94,13 @@ func BenchmarkQuery(b *testing.B) {
 	}
 	storetest.BenchQuery(b, s, 100, 10000, analyze)
 }
+
+// BenchmarkEnsureDevice: THINGLINE_TEST_POSTGRES=… go test ./store/postgres -run '^$' -bench EnsureDevice -benchtime 4000x
+func BenchmarkEnsureDevice(b *testing.B) {
+	s, err := postgres.Open(context.Background(), schemaURL(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	storetest.BenchEnsureDevice(b, s, 32)
+}

@@ -261,3 +261,13 @@ func TestReopenKeepsAlarmRuleStates(t *testing.T) {
 		t.Fatalf("after reopening: %+v, %v; want [%+v]", got, err, want)
 	}
 }
+
+// BenchmarkEnsureDevice: go test ./store/sqlite -run '^$' -bench EnsureDevice -benchtime 4000x
+func BenchmarkEnsureDevice(b *testing.B) {
+	s, err := sqlite.Open(context.Background(), filepath.Join(b.TempDir(), "t.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	storetest.BenchEnsureDevice(b, s, 32)
+}
