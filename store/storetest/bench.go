@@ -128,8 +128,9 @@ func BenchQuery(b *testing.B, s store.Store, devices, perDevice int, settle func
 // shared machine.
 func BenchEnsureDevice(b *testing.B, s store.Store, parallelism int) {
 	run := time.Now().UnixNano()
+	var next atomic.Int64 // across the runs of "new", which b.Run repeats
 	b.Run("new", func(b *testing.B) {
-		benchEnsure(b, s, parallelism, func(i int64) int64 { return i }, true, run)
+		benchEnsure(b, s, parallelism, func(int64) int64 { return next.Add(1) }, true, run)
 	})
 	b.Run("reconnect", func(b *testing.B) {
 		const devices = 1000
