@@ -12,7 +12,6 @@ package postgres
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -46,8 +45,8 @@ func (o *Options) defaults() {
 
 // Store is a store.Store on PostgreSQL.
 type Store struct {
-	// The control-plane tables shared with store/sqlite, through
-	// database/sql on the same pool.
+	// The device store and the control-plane tables shared with
+	// store/sqlite, through database/sql on the same pool.
 	*sqldb.Tables
 
 	opt   Options
@@ -131,7 +130,17 @@ func OpenOptions(ctx context.Context, url string, opt Options) (*Store, error) {
 		return nil, err
 	}
 	s.sqlDB = stdlib.OpenDBFromPool(pool)
-	if s.Tables, err = sqldb.NewTables(ctx, sqldb.New(sqldb.Postgres, s.sqlDB, s.sqlWrite)); err != nil {
+	s.Tables, err = sqldb.NewTables(ctx, sqldb.New(sqldb.Backend{
+		Dialect: sqldb.Postgres,
+		Read:    s.sqlDB,
+		Write:   s.sqlWrite,
+		Open:    s.checkOpen,
+		// A deleted device's telemetry goes with it. An append still in
+		// flight may land afterwards; no read returns it, since reads ask
+		// for existing devices and IDs are never reused.
+		DeviceTables: []string{"device_keys", "telemetry"},
+	}))
+	if err != nil {
 		s.sqlDB.Close()
 		pool.Close()
 		return nil, fmt.Errorf("postgres: %w", err)
@@ -475,22 +484,4 @@ func (s *Store) checkOpen() error {
 		return store.ErrClosed
 	}
 	return nil
-}
-
-var errNotJSON = errors.New("value is not JSON")
-
-// sqlWrite is the shared tables' Writer: one transaction on the pool.
-func (s *Store) sqlWrite(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
-	if err := s.checkOpen(); err != nil {
-		return err
-	}
-	tx, err := s.sqlDB.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := fn(ctx, tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
 }

@@ -9,7 +9,13 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/thingline/thingline/store"
+	"github.com/thingline/thingline/store/sqldb"
 )
+
+// querier is what both the pool and a transaction offer.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
 
 // deviceExists guards the telemetry reads: rows a late append wrote for a
 // deleted device must stay invisible.
@@ -64,7 +70,7 @@ func (s *Store) QueryTelemetry(ctx context.Context, q store.TelemetryQuery) (map
 	if err := s.checkOpen(); err != nil {
 		return nil, err
 	}
-	limit := normLimit(q.Limit)
+	limit := sqldb.Limit(q.Limit)
 	to := q.To
 	if to == 0 {
 		to = math.MaxInt64

@@ -10,9 +10,9 @@ import (
 )
 
 // The certificate life cycle's tables. credentials, devices and
-// revocations belong to the backends but have the same name and columns in
-// both, so the queries below read and write them too: a retirement and its
-// revocation must be one transaction.
+// revocations are created by the backends (devices.go), with the same name
+// and columns in both, so the queries below read and write them too: a
+// retirement and its revocation must be one transaction.
 func init() {
 	Register(Migration{Name: "certs/001", SQL: `
 CREATE TABLE cert_retirements (
@@ -256,4 +256,33 @@ func (t *Tables) NextCRLNumber(ctx context.Context, issuer string) (int64, error
 		return 0, fmt.Errorf("sqldb: numbering crl of %s: %w", issuer, err)
 	}
 	return n, nil
+}
+
+// Revoke implements store.Revocations.
+func (t *Tables) Revoke(ctx context.Context, r store.Revocation) error {
+	if r.Serial == "" {
+		return fmt.Errorf("sqldb: revoking: empty serial")
+	}
+	_, err := t.db.Exec(ctx, `INSERT INTO revocations(serial, reason, revoked_at) VALUES (?, ?, ?)
+		ON CONFLICT (serial) DO UPDATE SET reason=excluded.reason`, r.Serial, r.Reason, ToNS(orNow(r.RevokedAt)))
+	if err != nil {
+		return fmt.Errorf("sqldb: revoking %s: %w", r.Serial, err)
+	}
+	return nil
+}
+
+// ListRevocations implements store.Revocations.
+func (t *Tables) ListRevocations(ctx context.Context) ([]store.Revocation, error) {
+	rows, err := t.db.Query(ctx, "SELECT serial, reason, revoked_at FROM revocations ORDER BY revoked_at, serial")
+	out, err := collect(rows, err, func(r rowScanner) (store.Revocation, error) {
+		var rev store.Revocation
+		var at int64
+		err := r.Scan(&rev.Serial, &rev.Reason, &at)
+		rev.RevokedAt = FromNS(at)
+		return rev, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sqldb: listing revocations: %w", err)
+	}
+	return out, nil
 }

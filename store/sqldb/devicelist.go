@@ -1,9 +1,7 @@
 package sqldb
 
-// Device listings, counts and the fleet summary. The devices table itself
-// stays in each backend (it is on the telemetry path's hot side), but the
-// queries that select and aggregate it for people are the same in both, so
-// they are written here once.
+// Device listings, counts and the fleet summary: the queries that select
+// and aggregate the devices table (devices.go) for people.
 //
 // Listings page by key: the WHERE clause resumes after the (sort key, name)
 // of the previous page's last row, and each order has an index that serves
@@ -101,8 +99,8 @@ func sortCol(s store.DeviceSort) string {
 // ownerCol is the user name of the device's current owner (NULL for none).
 const ownerCol = `(SELECT u.username FROM ownership_epochs e JOIN account_users u ON u.id = e.user_id WHERE e.device_id = devices.id AND e.until = 0)`
 
-// DeviceList returns the query selecting cols plus the listing's own columns (Listed) of the
-// devices o selects, in its order, one page.
+// DeviceList returns the query selecting cols plus the firmware and owner
+// columns of the devices o selects, in its order, one page.
 func DeviceList(d Dialect, cols string, o store.ListOptions, limit int) (string, []any, error) {
 	if !o.Sort.Valid() {
 		return "", nil, fmt.Errorf("unknown device order %q", o.Sort)
@@ -160,33 +158,6 @@ func summaryExpiry(d Dialect, buckets []store.ExpiryBucket) (string, []any) {
 	}
 	q := "SELECT CASE" + cases.String() + fmt.Sprintf(" ELSE '%d' END, count(*) FROM (SELECT max(not_after) AS na FROM credentials GROUP BY device) t GROUP BY 1", len(buckets)-1)
 	return rebind(d, q), b.args
-}
-
-// Scanner is a row of either backend.
-type Scanner interface{ Scan(dest ...any) error }
-
-// Listed holds the columns a listing adds to a backend's device columns.
-type Listed struct {
-	fw, owner sql.NullString
-}
-
-// Wrap returns a scanner that scans a DeviceList row: the backend's device
-// columns into the destinations its caller passes, then the listing's own.
-func (l *Listed) Wrap(s Scanner) Scanner { return listedRow{s, l} }
-
-// Fill sets the listing's fields of d.
-func (l *Listed) Fill(d *store.Device) {
-	d.Firmware = Firmware(l.fw)
-	d.Owner = l.owner.String
-}
-
-type listedRow struct {
-	Scanner
-	l *Listed
-}
-
-func (r listedRow) Scan(dest ...any) error {
-	return r.Scanner.Scan(append(dest, &r.l.fw, &r.l.owner)...)
 }
 
 // Firmware decodes the stored JSON text of the fw_version attribute; a

@@ -3,12 +3,13 @@ package sqldb
 // The factory's side of the registry, for people: units by batch, batch
 // summaries, and the station events of the factory's ledger (pushed with
 // the units), from which the console shows travellers and per-station
-// yield. The units table itself stays in each backend (the gateway's
-// produced-unit check reads it); these reads are the same in both.
+// yield; and the registry itself (AddUnits, GetUnit, CountUnits), whose
+// units table each backend's migrations create (devices.go).
 
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
@@ -156,4 +157,63 @@ func (t *Tables) UnitEvents(ctx context.Context, q store.UnitEventQuery) ([]stor
 		return nil, fmt.Errorf("sqldb: listing unit events: %w", err)
 	}
 	return out, nil
+}
+
+// AddUnits implements store.Units. A unit listed twice is recorded as its
+// last listing says (one statement must not upsert a row twice).
+func (t *Tables) AddUnits(ctx context.Context, units []store.Unit) error {
+	last := make(map[string]int, len(units))
+	for i, u := range units {
+		if u.SN == "" {
+			return fmt.Errorf("sqldb: adding units: empty serial number")
+		}
+		last[u.SN] = i
+	}
+	var args []any
+	for i, u := range units {
+		if last[u.SN] != i {
+			continue
+		}
+		var passed any
+		if u.TestPassed != nil {
+			passed = *u.TestPassed
+		}
+		args = append(args, u.SN, u.Serial, u.SHA256, ToNS(u.NotAfter), u.Batch, ToNS(u.ProducedAt), passed)
+	}
+	err := t.db.Write(ctx, func(ctx context.Context, tx *Tx) error {
+		return insertRows(ctx, tx, "INSERT INTO units("+unitCols+")", `ON CONFLICT (sn) DO UPDATE SET serial=excluded.serial,
+			sha256=excluded.sha256, not_after=excluded.not_after, batch=excluded.batch,
+			produced_at=excluded.produced_at, test_passed=excluded.test_passed`, 7, args)
+	})
+	if err != nil {
+		return fmt.Errorf("sqldb: adding units: %w", err)
+	}
+	return nil
+}
+
+// GetUnit implements store.Units.
+func (t *Tables) GetUnit(ctx context.Context, sn string) (store.Unit, error) {
+	if err := t.db.open(); err != nil {
+		return store.Unit{}, err
+	}
+	u, err := scanUnit(t.db.QueryRow(ctx, "SELECT "+unitCols+" FROM units WHERE sn=?", sn))
+	if errors.Is(err, sql.ErrNoRows) {
+		err = store.ErrNotFound
+	}
+	if err != nil {
+		return store.Unit{}, fmt.Errorf("sqldb: getting unit %q: %w", sn, err)
+	}
+	return u, nil
+}
+
+// CountUnits implements store.Units.
+func (t *Tables) CountUnits(ctx context.Context) (int64, error) {
+	if err := t.db.open(); err != nil {
+		return 0, err
+	}
+	var n int64
+	if err := t.db.QueryRow(ctx, "SELECT count(*) FROM units").Scan(&n); err != nil {
+		return 0, fmt.Errorf("sqldb: counting units: %w", err)
+	}
+	return n, nil
 }

@@ -120,7 +120,7 @@ func otaUnique(err error) bool {
 
 // scanAll reads every row with scan and closes rows; an empty result is
 // an empty slice, so that the API answers [] and not null.
-func scanAll[T any](rows *sql.Rows, scan func(interface{ Scan(...any) error }) (T, error)) ([]T, error) {
+func scanAll[T any](rows Rows, scan func(interface{ Scan(...any) error }) (T, error)) ([]T, error) {
 	defer rows.Close()
 	out := []T{}
 	for rows.Next() {
@@ -259,7 +259,7 @@ func scanOTADevice(sc interface{ Scan(...any) error }) (store.OTADevice, error) 
 }
 
 func getOTADevice(ctx context.Context, q interface {
-	QueryRow(ctx context.Context, q string, args ...any) *sql.Row
+	QueryRow(ctx context.Context, q string, args ...any) Row
 }, id int64) (store.OTADevice, error) {
 	d, err := scanOTADevice(q.QueryRow(ctx, "SELECT "+otaDeviceCols+otaDeviceFrom+" WHERE o.device_id=?", id))
 	return d, NotFound(err, fmt.Sprintf("sqldb: ota state of device %d", id))

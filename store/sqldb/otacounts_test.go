@@ -15,7 +15,7 @@ import (
 // ota_rollout_counts) gets them filled from its members by ota/004.
 func migrateOTACounts(t *testing.T, d Dialect, sdb *sql.DB) {
 	ctx := context.Background()
-	db := New(d, sdb, txWriter(sdb))
+	db := New(Backend{Dialect: d, Read: sdb, Write: PoolWriter(sdb)})
 	if _, err := NewTables(ctx, db); err != nil {
 		t.Fatal(err)
 	}

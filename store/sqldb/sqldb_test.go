@@ -31,21 +31,6 @@ func TestRebind(t *testing.T) {
 	}
 }
 
-// txWriter is the plainest Writer: one transaction per call.
-func txWriter(db *sql.DB) Writer {
-	return func(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
-		tx, err := db.BeginTx(ctx, nil)
-		if err != nil {
-			return err
-		}
-		if err := fn(ctx, tx); err != nil {
-			tx.Rollback()
-			return err
-		}
-		return tx.Commit()
-	}
-}
-
 func init() {
 	Register(Migration{Name: "sqldbtest/001", SQL: `
 CREATE TABLE sqldbtest_things (id {{id}}, device BIGINT NOT NULL, name TEXT NOT NULL, flag {{bool}} NOT NULL, data {{blob}});
@@ -58,7 +43,7 @@ CREATE INDEX sqldbtest_things_device ON sqldbtest_things(device)`})
 
 func exercise(t *testing.T, d Dialect, sdb *sql.DB) {
 	ctx := context.Background()
-	db := New(d, sdb, txWriter(sdb))
+	db := New(Backend{Dialect: d, Read: sdb, Write: PoolWriter(sdb)})
 	tb, err := NewTables(ctx, db)
 	if err != nil {
 		t.Fatal(err)

@@ -73,8 +73,9 @@ func (o *Options) defaults() {
 
 // Store is a store.Store on one SQLite file.
 type Store struct {
-	// The control-plane tables shared with store/postgres; their writes go
-	// through the writer goroutine like every other write.
+	// The device store and the control-plane tables shared with
+	// store/postgres; their writes go through the writer goroutine like
+	// every other write.
 	*sqldb.Tables
 
 	opt   Options
@@ -248,17 +249,32 @@ func OpenOptions(ctx context.Context, path string, opt Options) (*Store, error) 
 	go s.checkpointer()
 	s.lastCompact = time.Now()
 	go s.writer()
-	if s.Tables, err = sqldb.NewTables(ctx, sqldb.New(sqldb.SQLite, db, s.sqlWrite)); err != nil {
+	s.Tables, err = sqldb.NewTables(ctx, sqldb.New(sqldb.Backend{
+		Dialect: sqldb.SQLite,
+		Read:    db,
+		Write:   s.sqlWrite,
+		Open:    s.readable,
+		// A deleted device's compacted telemetry goes with it; its log rows
+		// go at the next compaction, which skips devices that are gone, and
+		// its records in the tail (and any late ones) once the deletion
+		// committed.
+		DeviceTables:  []string{"latest", "chunk", "dirty", "compacted"},
+		DeviceDeleted: s.tail.dropDevice,
+	}))
+	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
 	return s, nil
 }
 
-// sqlWrite is the shared tables' Writer: fn runs in the writer's batch
-// transaction under its own savepoint.
-func (s *Store) sqlWrite(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
-	return s.do(ctx, &op{fn: fn})
+// sqlWrite is the shared tables' Writer: the function runs in the writer's
+// batch transaction, under its own savepoint unless it is a single
+// statement, and After on the writer goroutine after the commit.
+func (s *Store) sqlWrite(ctx context.Context, o sqldb.Op) error {
+	return s.do(ctx, &op{single: o.Single, after: o.After, fn: func(ctx context.Context, tx *sql.Tx) error {
+		return o.Fn(ctx, sqldb.SQLExecutor(tx))
+	}})
 }
 
 // Close stops the writer after committing the writes already queued.
@@ -513,12 +529,6 @@ func (s *Store) readable() error {
 // write runs fn in the writer's transaction.
 func (s *Store) write(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
 	return s.do(ctx, &op{fn: fn})
-}
-
-// writeSingle runs fn, which changes the database with at most one
-// statement, in the writer's transaction.
-func (s *Store) writeSingle(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
-	return s.do(ctx, &op{fn: fn, single: true})
 }
 
 func (s *Store) writer() {
