@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/thingline/thingline/store"
+	"github.com/thingline/thingline/store/sqldb"
 )
 
 const (
@@ -24,9 +25,6 @@ const (
 	// mergeBuckets bounds the buckets merged per compaction, so that one
 	// compaction cannot stall appends for long.
 	mergeBuckets = 256
-
-	defaultLimit = 100
-	maxLimit     = 10_000
 )
 
 // tail is the uncompacted telemetry, per device in seq order, mirroring the
@@ -785,23 +783,13 @@ func keySet(keys []string) map[string]bool {
 	return m
 }
 
-func normLimit(n int) int {
-	switch {
-	case n <= 0:
-		return defaultLimit
-	case n > maxLimit:
-		return maxLimit
-	}
-	return n
-}
-
 // QueryTelemetry returns up to q.Limit points per key in [q.From, q.To]
 // (q.To of 0 means no upper bound).
 func (s *Store) QueryTelemetry(ctx context.Context, q store.TelemetryQuery) (map[string][]store.Point, error) {
 	if err := s.readable(); err != nil {
 		return nil, err
 	}
-	limit := normLimit(q.Limit)
+	limit := sqldb.Limit(q.Limit)
 	to := q.To
 	if to == 0 {
 		to = math.MaxInt64
