@@ -133,6 +133,7 @@ func OpenOptions(ctx context.Context, url string, opt Options) (*Store, error) {
 	s.Tables, err = sqldb.NewTables(ctx, sqldb.New(sqldb.Backend{
 		Dialect: sqldb.Postgres,
 		Read:    s.sqlDB,
+		Reader:  pgxExecutor{pool},
 		Write:   s.sqlWrite,
 		Open:    s.checkOpen,
 		// A deleted device's telemetry goes with it. An append still in

@@ -29,7 +29,8 @@ func (s *Store) sqlWrite(ctx context.Context, op sqldb.Op) error {
 	return err
 }
 
-// pgxExecutor is the sqldb.Executor of the pool or of a transaction.
+// pgxExecutor is the sqldb.Executor of the pool (the shared tables' reads
+// and Single writes) or of a transaction.
 type pgxExecutor struct {
 	q interface {
 		Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)

@@ -71,12 +71,12 @@ type Op struct {
 	After func()
 }
 
-// Executor runs the statements of a write, already rewritten for the
-// dialect: in its transaction, or for a Single write on its own. A backend
-// may implement it with its driver's own API rather than database/sql
-// (PostgreSQL does: database/sql starts a goroutine for every transaction
-// and for every result set read in one, which cost the provisioning path
-// a quarter more CPU than pgx itself).
+// Executor runs statements already rewritten for the dialect: those of a
+// write, in its transaction (or for a Single write on their own), and the
+// single-statement reads. A backend may implement it with its driver's own
+// API rather than database/sql (PostgreSQL does: database/sql starts a
+// goroutine for every transaction and for every result set read in one,
+// which cost the provisioning path a quarter more CPU than pgx itself).
 type Executor interface {
 	Exec(ctx context.Context, q string, args ...any) (sql.Result, error)
 	Query(ctx context.Context, q string, args ...any) (Rows, error)
@@ -167,7 +167,11 @@ func inTx(ctx context.Context, db *sql.DB, fn func(ctx context.Context, ex Execu
 type Backend struct {
 	Dialect Dialect
 	Read    *sql.DB // sees every transaction Write committed
-	Write   Writer
+	// Reader, if set, runs the single-statement reads (DB.Query,
+	// DB.QueryRow) instead of Read: PostgreSQL's is pgx on the same pool,
+	// as for its writes. Snapshots of several statements use Read.
+	Reader Executor
+	Write  Writer
 	// Open returns store.ErrClosed once the backend is closed; reads and
 	// writes ask it first. Optional.
 	Open func() error
@@ -184,6 +188,7 @@ type Backend struct {
 type DB struct {
 	dialect Dialect
 	read    *sql.DB
+	reader  Executor
 	write   Writer
 	b       Backend
 
@@ -192,7 +197,11 @@ type DB struct {
 
 // New returns the relational part of a store.
 func New(b Backend) *DB {
-	return &DB{dialect: b.Dialect, read: b.Read, write: b.Write, b: b}
+	db := &DB{dialect: b.Dialect, read: b.Read, reader: b.Reader, write: b.Write, b: b}
+	if db.reader == nil {
+		db.reader = SQLExecutor(b.Read)
+	}
+	return db
 }
 
 // open makes reads fail with store.ErrClosed once the backend is closed.
@@ -282,12 +291,12 @@ func (db *DB) Query(ctx context.Context, q string, args ...any) (Rows, error) {
 	if err := db.open(); err != nil {
 		return nil, err
 	}
-	return SQLExecutor(db.read).Query(ctx, db.Q(q), args...)
+	return db.reader.Query(ctx, db.Q(q), args...)
 }
 
 // QueryRow reads one row.
 func (db *DB) QueryRow(ctx context.Context, q string, args ...any) Row {
-	return db.read.QueryRowContext(ctx, db.Q(q), args...)
+	return db.reader.QueryRow(ctx, db.Q(q), args...)
 }
 
 // Tx is a write transaction handed to a Write function.
