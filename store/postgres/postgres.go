@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/thingline/thingline/store"
+	"github.com/thingline/thingline/store/internal/gate"
 	"github.com/thingline/thingline/store/sqldb"
 )
 
@@ -53,11 +54,8 @@ type Store struct {
 	pool  *pgxpool.Pool
 	sqlDB *sql.DB
 
-	// closeMu guards closed against sends on ops: senders hold it shared
-	// while sending, Close takes it exclusively before stopping the writers.
-	closeMu sync.RWMutex
-	closed  bool
-	ops     chan *appendOp
+	gate gate.Gate // sends on ops and async end before Close stops the writers
+	ops  chan *appendOp
 	// async holds each writer's queue of AppendTelemetryAsync: a device's
 	// appends always go to the same writer, which commits its batches one
 	// after the other, so that their completions run in order.
@@ -156,13 +154,9 @@ func OpenOptions(ctx context.Context, url string, opt Options) (*Store, error) {
 
 // Close commits the appends already queued and closes the pool.
 func (s *Store) Close() error {
-	s.closeMu.Lock()
-	if s.closed {
-		s.closeMu.Unlock()
+	if !s.gate.Close() {
 		return nil
 	}
-	s.closed = true
-	s.closeMu.Unlock()
 	close(s.quit)
 	s.wg.Wait()
 	s.sqlDB.Close()
@@ -435,24 +429,7 @@ func (s *Store) AppendTelemetry(ctx context.Context, recs []store.Record) error 
 		return nil
 	}
 	o := &appendOp{ctx: ctx, recs: recs, done: make(chan struct{})}
-	s.closeMu.RLock()
-	if s.closed {
-		s.closeMu.RUnlock()
-		return store.ErrClosed
-	}
-	select {
-	case s.ops <- o:
-	case <-ctx.Done():
-		s.closeMu.RUnlock()
-		return ctx.Err()
-	}
-	s.closeMu.RUnlock()
-	select {
-	case <-o.done:
-		return o.err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return gate.Do(ctx, &s.gate, s.ops, o, o.done, &o.err)
 }
 
 // AppendTelemetryAsync implements store.AsyncAppender: done runs on a
@@ -465,24 +442,12 @@ func (s *Store) AppendTelemetryAsync(recs []store.Record, done func(error)) {
 		return
 	}
 	o := &appendOp{ctx: context.Background(), recs: recs, cb: done}
-	s.closeMu.RLock()
-	if s.closed {
-		s.closeMu.RUnlock()
-		done(store.ErrClosed)
-		return
+	if err := gate.Send(o.ctx, &s.gate, s.async[uint64(recs[0].DeviceID)%uint64(len(s.async))], o); err != nil {
+		done(err)
 	}
-	s.async[uint64(recs[0].DeviceID)%uint64(len(s.async))] <- o
-	s.closeMu.RUnlock()
 }
 
 var _ store.AsyncAppender = (*Store)(nil)
 
 // checkOpen makes every other method fail with store.ErrClosed after Close.
-func (s *Store) checkOpen() error {
-	s.closeMu.RLock()
-	defer s.closeMu.RUnlock()
-	if s.closed {
-		return store.ErrClosed
-	}
-	return nil
-}
+func (s *Store) checkOpen() error { return s.gate.Open() }

@@ -18,13 +18,13 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
 
 	"github.com/thingline/thingline/store"
+	"github.com/thingline/thingline/store/internal/gate"
 	"github.com/thingline/thingline/store/sqldb"
 )
 
@@ -82,13 +82,10 @@ type Store struct {
 	db    *sql.DB   // readers
 	wconn *sql.Conn // the writer goroutine's only connection
 
-	// closeMu guards closed against sends on ops: senders hold it shared
-	// while sending, Close takes it exclusively before stopping the writer.
-	closeMu sync.RWMutex
-	closed  bool
-	ops     chan *op
-	quit    chan struct{}
-	done    chan struct{}
+	gate gate.Gate // sends on ops end before Close stops the writer
+	ops  chan *op
+	quit chan struct{}
+	done chan struct{}
 
 	// Pipelined sync: the writer hands committed batches to the syncer,
 	// which fsyncs the WAL through its own descriptor and only then wakes
@@ -279,13 +276,9 @@ func (s *Store) sqlWrite(ctx context.Context, o sqldb.Op) error {
 
 // Close stops the writer after committing the writes already queued.
 func (s *Store) Close() error {
-	s.closeMu.Lock()
-	if s.closed {
-		s.closeMu.Unlock()
+	if !s.gate.Close() {
 		return nil
 	}
-	s.closed = true
-	s.closeMu.Unlock()
 	close(s.quit)
 	<-s.done
 	close(s.ckQuit)
@@ -472,24 +465,7 @@ func (o *op) finish() {
 func (s *Store) do(ctx context.Context, o *op) error {
 	o.ctx = ctx
 	o.done = make(chan struct{})
-	s.closeMu.RLock()
-	if s.closed {
-		s.closeMu.RUnlock()
-		return store.ErrClosed
-	}
-	select {
-	case s.ops <- o:
-	case <-ctx.Done():
-		s.closeMu.RUnlock()
-		return ctx.Err()
-	}
-	s.closeMu.RUnlock()
-	select {
-	case <-o.done:
-		return o.err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return gate.Do(ctx, &s.gate, s.ops, o, o.done, &o.err)
 }
 
 // Checkpoint copies the WAL into the database file and truncates it, so
@@ -517,14 +493,7 @@ func (s *Store) Checkpoint(ctx context.Context) error {
 }
 
 // readable makes reads fail with store.ErrClosed after Close.
-func (s *Store) readable() error {
-	s.closeMu.RLock()
-	defer s.closeMu.RUnlock()
-	if s.closed {
-		return store.ErrClosed
-	}
-	return nil
-}
+func (s *Store) readable() error { return s.gate.Open() }
 
 // write runs fn in the writer's transaction.
 func (s *Store) write(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {

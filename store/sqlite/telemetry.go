@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/thingline/thingline/store"
+	"github.com/thingline/thingline/store/internal/gate"
 	"github.com/thingline/thingline/store/sqldb"
 )
 
@@ -219,14 +220,9 @@ func (s *Store) AppendTelemetryAsync(recs []store.Record, done func(error)) {
 		return
 	}
 	o := &op{ctx: context.Background(), recs: recs, cb: done}
-	s.closeMu.RLock()
-	if s.closed {
-		s.closeMu.RUnlock()
-		done(store.ErrClosed)
-		return
+	if err := gate.Send(o.ctx, &s.gate, s.ops, o); err != nil {
+		done(err)
 	}
-	s.ops <- o
-	s.closeMu.RUnlock()
 }
 
 var _ store.AsyncAppender = (*Store)(nil)
