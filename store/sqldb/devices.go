@@ -153,23 +153,31 @@ func (t *Tables) EnsureDevice(ctx context.Context, d store.Device, c store.Crede
 // if there is none. PostgreSQL inserts first: a new device costs one round
 // trip, an existing one two. SQLite reads first: most calls find the
 // device, a statement costs no round trip, and its single writer makes the
-// read and the insert one step.
+// read and the insert one step, so the insert cannot conflict and takes
+// its id from LastInsertId (a RETURNING row is a result set, and
+// database/sql starts a goroutine for each one read in a transaction).
 func ensureDeviceRow(ctx context.Context, tx *Tx, d store.Device) (dev store.Device, created bool, err error) {
 	find := func() (store.Device, error) {
 		return scanDevice(tx.QueryRow(ctx, "SELECT "+deviceCols+" FROM devices WHERE name=?", d.Name))
 	}
+	createdAt := ToNS(orNow(d.CreatedAt))
+	const insert = "INSERT INTO devices(name, profile, created_at, first_seen_addr) VALUES (?, ?, ?, ?)"
+	args := []any{d.Name, d.Profile, createdAt, d.FirstSeenAddr}
+	var id int64
 	if tx.db.dialect == SQLite {
 		if dev, err = find(); !errors.Is(err, sql.ErrNoRows) {
 			return dev, false, err
 		}
-	}
-	createdAt := ToNS(orNow(d.CreatedAt))
-	var id int64
-	err = tx.QueryRow(ctx, `INSERT INTO devices(name, profile, created_at, first_seen_addr) VALUES (?, ?, ?, ?)
-		ON CONFLICT (name) DO NOTHING RETURNING id`, d.Name, d.Profile, createdAt, d.FirstSeenAddr).Scan(&id)
-	if errors.Is(err, sql.ErrNoRows) {
-		dev, err = find()
-		return dev, false, err
+		var res sql.Result
+		if res, err = tx.Exec(ctx, insert, args...); err == nil {
+			id, err = res.LastInsertId()
+		}
+	} else {
+		err = tx.QueryRow(ctx, insert+" ON CONFLICT (name) DO NOTHING RETURNING id", args...).Scan(&id)
+		if errors.Is(err, sql.ErrNoRows) {
+			dev, err = find()
+			return dev, false, err
+		}
 	}
 	// The other columns are as the table's defaults make them.
 	dev = store.Device{ID: id, Name: d.Name, Profile: d.Profile, CreatedAt: FromNS(createdAt), FirstSeenAddr: d.FirstSeenAddr}
