@@ -197,14 +197,23 @@ func (e *Engine) tryDo(fn func(ctx context.Context)) bool {
 	}
 }
 
+// queueOnce queues fn unless a job of it is queued already (queued says
+// so; fn clears it when it starts). A dropped job is retried by the next
+// tick.
+func (e *Engine) queueOnce(queued *atomic.Bool, fn func(ctx context.Context)) {
+	if queued.CompareAndSwap(false, true) && !e.tryDo(fn) {
+		queued.Store(false)
+	}
+}
+
 // queueConnects makes sure one job will write the pending connects. A
 // dropped job is retried by the next tick.
 func (e *Engine) queueConnects() {
 	e.connMu.Lock()
 	pending := len(e.connects) > 0
 	e.connMu.Unlock()
-	if pending && e.connQueued.CompareAndSwap(false, true) && !e.tryDo(e.flushConnects) {
-		e.connQueued.Store(false)
+	if pending {
+		e.queueOnce(&e.connQueued, e.flushConnects)
 	}
 }
 
@@ -214,8 +223,8 @@ func (e *Engine) queueLoads() {
 	e.loadMu.Lock()
 	pending := len(e.loads) > 0
 	e.loadMu.Unlock()
-	if pending && e.loadQueued.CompareAndSwap(false, true) && !e.tryDo(e.loadStates) {
-		e.loadQueued.Store(false)
+	if pending {
+		e.queueOnce(&e.loadQueued, e.loadStates)
 	}
 }
 
@@ -274,8 +283,8 @@ func (e *Engine) stageStates(changed []store.AlarmRuleState) {
 	}
 	pending := len(e.states) > 0
 	e.stateMu.Unlock()
-	if pending && e.statesQueued.CompareAndSwap(false, true) && !e.tryDo(e.writeStates) {
-		e.statesQueued.Store(false)
+	if pending {
+		e.queueOnce(&e.statesQueued, e.writeStates)
 	}
 }
 
